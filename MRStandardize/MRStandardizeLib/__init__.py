@@ -1,0 +1,1 @@
+"""MR standardisation core (GUI-free): N4, Nyul, normalisation, denoise, registration."""

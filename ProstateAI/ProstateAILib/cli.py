@@ -1,0 +1,45 @@
+"""`prostateai` command line: one entry point, sub-commands registered by each module's Lib.
+
+Each Lib has a `cli` module with `register(subparsers)`; every sub-command sets `func(args) -> int`.
+User errors (`InputError`) are printed as one clear line with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import InputError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from CTPreprocessLib import cli as ct_cli
+    from MRStandardizeLib import cli as mr_cli
+
+    from . import segcli
+
+    parser = argparse.ArgumentParser(
+        prog="prostateai",
+        description="ProstateAI: CT preprocessing, MR standardisation and prostate segmentation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (ct_cli, mr_cli, segcli):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"prostateai {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prostateai {args.command}: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

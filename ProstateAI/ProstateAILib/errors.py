@@ -1,0 +1,8 @@
+"""Errors shown to users: one type, with a message a radiologist can act on."""
+
+
+class InputError(ValueError):
+    """Bad input (wrong dimension, NaN, constant image, mismatched grids, unreadable file...).
+
+    The message is meant to be shown as is, in the GUI or on the command line.
+    """

@@ -1,0 +1,243 @@
+"""Reading, validating and atomically writing images (SimpleITK).
+
+Every reader returns a `sitk.Image` in LPS physical space; every writer goes through a temporary
+file in the destination folder and `os.replace`, so an interrupted or failed run never leaves a
+partial output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
+
+
+@dataclass
+class ImageSource:
+    """What a reader found out about the file(s) it read."""
+
+    path: str
+    kind: str  # "dicom-series", "dicom-file" or "file"
+    modality: str | None = None
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+    rescale_type: str | None = None
+    series_description: str | None = None
+    n_files: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rescaled(self) -> bool:
+        """True when stored values were converted with RescaleSlope/Intercept on read."""
+        return self.rescale_slope is not None and (
+            self.rescale_slope != 1.0 or (self.rescale_intercept or 0.0) != 0.0
+        )
+
+
+def suffix_of(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def _dicom_tag(reader, tag: str):
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else None
+
+
+def _float_or_none(value):
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> tuple[sitk.Image, ImageSource]:
+    """Read one DICOM series from a folder, slices sorted by position (GDCM), with its rescale tags."""
+    folder = str(folder)
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if not series_ids:
+        raise InputError(f"No DICOM series found in folder '{folder}'.")
+    if series_id is None:
+        if len(series_ids) > 1:
+            raise InputError(
+                f"Folder '{folder}' holds {len(series_ids)} DICOM series; choose one of: {', '.join(series_ids)}."
+            )
+        series_id = series_ids[0]
+    elif series_id not in series_ids:
+        raise InputError(f"DICOM series '{series_id}' is missing from '{folder}'.")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"Could not read the DICOM series in '{folder}': {_first_line(exc)}") from exc
+    header = sitk.ImageFileReader()
+    header.SetFileName(files[0])
+    try:
+        header.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"Corrupt DICOM file '{files[0]}': {_first_line(exc)}") from exc
+    source = ImageSource(
+        path=folder,
+        kind="dicom-series",
+        modality=_dicom_tag(header, "0008|0060"),
+        rescale_slope=_float_or_none(_dicom_tag(header, "0028|1053")),
+        rescale_intercept=_float_or_none(_dicom_tag(header, "0028|1052")),
+        rescale_type=_dicom_tag(header, "0028|1054"),
+        series_description=_dicom_tag(header, "0008|103e"),
+        n_files=len(files),
+    )
+    return image, source
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # ITK messages put the useful sentence last ("... Could not create IO object ...").
+    return lines[-1] if lines else type(exc).__name__
+
+
+def read_image_with_source(path: str | os.PathLike, series_id: str | None = None) -> tuple[sitk.Image, ImageSource]:
+    """Read a DICOM series folder, a single DICOM file, or a NIfTI / NRRD / MHA file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"Input '{path}' does not exist.")
+    if path.is_dir():
+        return read_dicom_series(path, series_id)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"Could not read '{path}': {_first_line(exc)}") from exc
+    is_dicom = reader.GetImageIO() == "GDCMImageIO"
+    source = ImageSource(path=str(path), kind="dicom-file" if is_dicom else "file")
+    if is_dicom:
+        source.modality = _dicom_tag(reader, "0008|0060")
+        source.rescale_slope = _float_or_none(_dicom_tag(reader, "0028|1053"))
+        source.rescale_intercept = _float_or_none(_dicom_tag(reader, "0028|1052"))
+        source.rescale_type = _dicom_tag(reader, "0028|1054")
+        source.series_description = _dicom_tag(reader, "0008|103e")
+    return image, source
+
+
+def read_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Image:
+    return read_image_with_source(path, series_id)[0]
+
+
+def require_3d(image: sitk.Image, name: str = "image") -> None:
+    """Reject 2D images (and 3D ones that are a single slice) with a clear message."""
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise InputError(
+            f"The {name} is 2D (size {tuple(image.GetSize())}); a 3D volume with at least 2 slices is needed."
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed.")
+
+
+def require_finite(array: np.ndarray, name: str = "image") -> None:
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        n_bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"The {name} contains {n_bad} NaN or infinite voxels; fix or mask them first.")
+
+
+def require_not_constant(array: np.ndarray, name: str = "image") -> None:
+    if array.size == 0:
+        raise InputError(f"The {name} is empty.")
+    lo, hi = array.min(), array.max()
+    if lo == hi:
+        raise InputError(f"The {name} is constant (every voxel is {lo}); there is nothing to process.")
+
+
+def validate_volume(image: sitk.Image, name: str = "image") -> np.ndarray:
+    """Check a scalar 3D volume is usable and return a read-only view of its voxels (z, y, x)."""
+    require_3d(image, name)
+    array = sitk.GetArrayViewFromImage(image)
+    require_finite(array, name)
+    require_not_constant(array, name)
+    return array
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
+    """True when two images share size and (within `tolerance`) spacing, origin and direction.
+
+    A tolerance is needed: NIfTI stores geometry as float32, so masks written from a DICOM image
+    differ from it by ~1e-6 mm in origin and up to ~2e-4 in direction.
+    """
+    if a.GetSize() != b.GetSize():
+        return False
+    return (
+        np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
+
+
+def require_same_grid(image: sitk.Image, mask: sitk.Image, names=("image", "mask")) -> sitk.Image:
+    """Return `mask` with the image's exact geometry, or raise when the grids really differ."""
+    if not same_grid(image, mask):
+        raise InputError(
+            f"The {names[1]} is not on the {names[0]}'s grid ({names[1]} size {mask.GetSize()}, spacing "
+            f"{tuple(round(s, 4) for s in mask.GetSpacing())}; {names[0]} size {image.GetSize()}, spacing "
+            f"{tuple(round(s, 4) for s in image.GetSpacing())}). Resample it onto the {names[0]} first."
+        )
+    aligned = sitk.Image(mask)
+    aligned.CopyInformation(image)
+    return aligned
+
+
+def geometry(image: sitk.Image) -> dict:
+    return {
+        "size": list(image.GetSize()),
+        "spacing": [float(s) for s in image.GetSpacing()],
+        "origin": [float(o) for o in image.GetOrigin()],
+        "direction": [float(d) for d in image.GetDirection()],
+    }
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix_of(path) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write `image` atomically (NIfTI, NRRD, MHA by extension)."""
+    path = Path(path)
+    if suffix_of(path) not in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd"):
+        raise InputError(f"Unsupported output format '{path.name}'; use .nii.gz, .nii, .nrrd or .mha.")
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a small text file (JSON, CSV) atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)

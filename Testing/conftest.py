@@ -1,0 +1,61 @@
+"""Shared pytest fixtures: where ../shared/data is, and a real headless MRML scene."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Module folders hold <Module>.py files and the shared MRML glue; Slicer puts them on sys.path too.
+for folder in ("CTPreprocess", "MRStandardize", "ProstateAI", "Testing"):
+    path = str(REPO / folder)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+SHARED_DATA = Path(os.environ.get("PROSTATEAI_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set PROSTATEAI_SHARED_DATA or put ../shared beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def ct_data(shared_data) -> Path:
+    return _require(shared_data / "ct")
+
+
+@pytest.fixture(scope="session")
+def promise12_data(shared_data) -> Path:
+    return _require(shared_data / "promise12")
+
+
+@pytest.fixture(scope="session")
+def prostatex_data(shared_data) -> Path:
+    return _require(shared_data / "prostatex")
+
+
+@pytest.fixture()
+def mrml_scene():
+    """A fresh real MRML scene (slicer-core) with the module logics registered."""
+    pytest.importorskip("slicer")
+    from headless import install, make_scene
+
+    install()
+    scene, app_logic, logics = make_scene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
