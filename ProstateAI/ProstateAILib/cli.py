@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import InputError
+from .errors import Cancelled, InputError
+from .progress import print_progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `--progress` (anywhere on the line) makes long commands print PROGRESS lines for jobs.Job.
+    if "--progress" in extra:
+        extra.remove("--progress")
+        args.progress_fn = print_progress
+    else:
+        args.progress_fn = None
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"prostateai {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):
         print(f"prostateai {args.command}: cancelled", file=sys.stderr)
         return 130
 

@@ -6,3 +6,7 @@ class InputError(ValueError):
 
     The message is meant to be shown as is, in the GUI or on the command line.
     """
+
+
+class Cancelled(Exception):
+    """The user cancelled a running step; nothing was written."""

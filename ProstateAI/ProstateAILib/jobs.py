@@ -1,0 +1,103 @@
+"""Out-of-process jobs with progress and a real cancel (used by the Slicer widgets and the browser app).
+
+Long work (N4 at full quality, registration with restarts, training, inference) runs as
+`python -m ProstateAILib.cli <command> ... --progress` in a child process, so the GUI never blocks
+and Cancel really stops the computation (the process group is terminated, then killed). Outputs
+are written atomically by the command itself, so a cancelled job leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+
+from .progress import parse_progress
+
+
+class Job:
+    """Run `prostateai ARGS... --progress` in a child process.
+
+    `poll()` is cheap and non-blocking (call it from a GUI timer); `progress`, `message`, `state`,
+    `returncode` and `error` describe the job. States: "running", "done", "failed", "cancelled".
+    """
+
+    def __init__(self, args: list[str], python: str | None = None, env: dict | None = None):
+        self.args = list(args)
+        self.argv = [python or sys.executable, "-m", "ProstateAILib.cli", *self.args, "--progress"]
+        self.progress = 0.0
+        self.message = ""
+        self.state = "pending"
+        self.returncode: int | None = None
+        self.error = ""
+        self._tail: deque[str] = deque(maxlen=50)
+        self._env = env
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._cancelled = False
+
+    def start(self) -> "Job":
+        env = dict(os.environ if self._env is None else self._env)
+        self._process = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # own process group: cancel reaches any helpers it starts
+        )
+        self.state = "running"
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self._process and self._process.stderr
+        for line in self._process.stderr:
+            parsed = parse_progress(line)
+            if parsed:
+                self.progress, self.message = parsed
+            elif line.strip():
+                self._tail.append(line.rstrip())
+
+    def poll(self) -> str:
+        if self._process is None or self.state != "running":
+            return self.state
+        code = self._process.poll()
+        if code is None:
+            return self.state
+        if self._reader:
+            self._reader.join(timeout=2)
+        self.returncode = code
+        if self._cancelled:
+            self.state = "cancelled"
+        elif code == 0:
+            self.state, self.progress = "done", 1.0
+        else:
+            self.state = "failed"
+            errors = [line for line in self._tail if "error" in line.lower()]
+            self.error = (errors or list(self._tail) or [f"exit status {code}"])[-1]
+        return self.state
+
+    def wait(self, timeout: float | None = None) -> str:
+        if self._process is not None:
+            self._process.wait(timeout=timeout)
+        return self.poll()
+
+    def cancel(self, grace_seconds: float = 3.0) -> None:
+        """Stop the job: SIGTERM to its process group, SIGKILL if it is still alive after the grace time."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._cancelled = True
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        except ProcessLookupError:
+            pass
+        self.poll()
