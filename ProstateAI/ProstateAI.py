@@ -1,0 +1,153 @@
+"""ProstateAI: Slicer module for deep-learning prostate segmentation on T2-weighted MRI.
+
+The computation lives in the GUI-free `ProstateAILib` (with `ProstateAIMRML` as the MRML glue shared
+by the extension's modules); this file holds the Slicer glue (module description, parameter node,
+widget built from Resources/UI/ProstateAI.ui, logic and self-test).
+"""
+
+import numpy as np
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.ScriptedLoadableModule import *  # noqa: F403
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+
+#
+# ProstateAI
+#
+
+
+class ProstateAI(ScriptedLoadableModule):  # noqa: F405
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
+        self.parent.title = "ProstateAI"
+        self.parent.categories = ["ProstateAI"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ProstateAI contributors"]
+        self.parent.helpText = """
+Segment the prostate gland on axial T2-weighted MRI with a 3D convolutional network, after the
+MR standardisation of the MR Standardize module.
+See the <a href="https://github.com/prostateai/SlicerProstateAI">project page</a> for details.
+"""
+        self.parent.acknowledgementText = """
+Part of the ProstateAI extension. The models' training data and their attributions are listed on the
+project page.
+"""
+
+
+#
+# ProstateAIParameterNode
+#
+
+
+@parameterNodeWrapper
+class ProstateAIParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+
+
+def describeVolume(volumeNode) -> str:
+    """One line with the voxel grid of a volume node ("" when there is none)."""
+    if volumeNode is None or volumeNode.GetImageData() is None:
+        return ""
+    dims = volumeNode.GetImageData().GetDimensions()
+    spacing = volumeNode.GetSpacing()
+    return f"{dims[0]} x {dims[1]} x {dims[2]} voxels, spacing {spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm"
+
+
+#
+# ProstateAIWidget
+#
+
+
+class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProstateAI.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ProstateAILogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.ui.inputInfoLabel.text = describeVolume(self._parameterNode.inputVolume) if self._parameterNode else ""
+
+
+#
+# ProstateAILogic
+#
+
+
+class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
+
+    def getParameterNode(self):
+        return ProstateAIParameterNode(super().getParameterNode())
+
+
+#
+# ProstateAITest
+#
+
+
+class ProstateAITest(ScriptedLoadableModuleTest):  # noqa: F405
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_ProstateAI_parameters()
+
+    def test_ProstateAI_parameters(self):
+        self.delayDisplay("Parameter node keeps the input volume")
+        array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+        volumeNode = slicer.util.addVolumeFromArray(array, name="t2")
+        parameters = ProstateAILogic().getParameterNode()
+        parameters.inputVolume = volumeNode
+        if parameters.inputVolume is not volumeNode:
+            raise AssertionError("input volume not stored in the parameter node")
+        if describeVolume(volumeNode) != "6 x 5 x 4 voxels, spacing 1 x 1 x 1 mm":
+            raise AssertionError(f"unexpected volume description: {describeVolume(volumeNode)}")
+        self.delayDisplay("Test passed")
