@@ -13,6 +13,8 @@ from slicer.ScriptedLoadableModule import *  # noqa: F403
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
+from ProstateAIMRML import describe_volume
+
 #
 # MRStandardize
 #
@@ -45,15 +47,6 @@ intensity scale", Magn Reson Med 1999.
 @parameterNodeWrapper
 class MRStandardizeParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
-
-
-def describeVolume(volumeNode) -> str:
-    """One line with the voxel grid of a volume node ("" when there is none)."""
-    if volumeNode is None or volumeNode.GetImageData() is None:
-        return ""
-    dims = volumeNode.GetImageData().GetDimensions()
-    spacing = volumeNode.GetSpacing()
-    return f"{dims[0]} x {dims[1]} x {dims[2]} voxels, spacing {spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm"
 
 
 #
@@ -111,7 +104,7 @@ class MRStandardizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  #
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        self.ui.inputInfoLabel.text = describeVolume(self._parameterNode.inputVolume) if self._parameterNode else ""
+        self.ui.inputInfoLabel.text = describe_volume(self._parameterNode.inputVolume) if self._parameterNode else ""
 
 
 #
@@ -148,6 +141,6 @@ class MRStandardizeTest(ScriptedLoadableModuleTest):  # noqa: F405
         parameters.inputVolume = volumeNode
         if parameters.inputVolume is not volumeNode:
             raise AssertionError("input volume not stored in the parameter node")
-        if describeVolume(volumeNode) != "6 x 5 x 4 voxels, spacing 1 x 1 x 1 mm":
-            raise AssertionError(f"unexpected volume description: {describeVolume(volumeNode)}")
+        if describe_volume(volumeNode) != "6 x 5 x 4 voxels, spacing 1 x 1 x 1 mm":
+            raise AssertionError(f"unexpected volume description: {describe_volume(volumeNode)}")
         self.delayDisplay("Test passed")

@@ -51,3 +51,12 @@ def add_volume_node(scene, image: sitk.Image, name: str, class_name: str = "vtkM
     update_volume_node_from_image(node, image)
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def describe_volume(volume_node) -> str:
+    """One line with the voxel grid of a volume node ("" when there is none)."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        return ""
+    dims = volume_node.GetImageData().GetDimensions()
+    spacing = volume_node.GetSpacing()
+    return f"{dims[0]} x {dims[1]} x {dims[2]} voxels, spacing {spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm"

@@ -53,6 +53,12 @@ class _Marker:
         self.args, self.kwargs = args, kwargs
 
 
+# One class per validator, as in Slicer, so annotations can be told apart when read back.
+WithinRange, Choice, Default, Minimum, Maximum, Decimals = (
+    type(name, (_Marker,), {}) for name in ("WithinRange", "Choice", "Default", "Minimum", "Maximum", "Decimals")
+)
+
+
 def install() -> None:
     """Register the stand-ins (only where the real modules are absent)."""
     try:
@@ -73,12 +79,12 @@ def install() -> None:
     pnw = _module(
         "slicer.parameterNodeWrapper",
         parameterNodeWrapper=parameterNodeWrapper,
-        WithinRange=_Marker,
-        Choice=_Marker,
-        Default=_Marker,
-        Minimum=_Marker,
-        Maximum=_Marker,
-        Decimals=_Marker,
+        WithinRange=WithinRange,
+        Choice=Choice,
+        Default=Default,
+        Minimum=Minimum,
+        Maximum=Maximum,
+        Decimals=Decimals,
     )
     sys.modules["slicer.ScriptedLoadableModule"] = slm
     sys.modules["slicer.parameterNodeWrapper"] = pnw
