@@ -1,0 +1,219 @@
+"""Loading a CT in Hounsfield units, and checking that an image really is a usable CT.
+
+HU = stored value * RescaleSlope + RescaleIntercept (DICOM 0028,1053 / 0028,1052). SimpleITK (GDCM)
+applies the rescale on read, so the voxels we get are already HU; `CTLoadInfo` records what was done
+so the user can see it ("Converted stored values to HU with slope 1, intercept -1024").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ProstateAILib.errors import InputError
+from ProstateAILib.imageio import read_image_with_source, validate_volume
+
+from .window import integer_counts
+
+# An integer image with no negative value and at most this many distinct values is a label map.
+# (TotalSegmentator "total" has 117 labels; a real CT in HU has air at about -1000 and thousands of values.)
+MAX_LABEL_VALUES = 255
+# Below this, a voxel is air or lung; a CT volume without any is suspicious (stored values, or MR).
+AIR_HU = -500.0
+
+
+@dataclass
+class CTLoadInfo:
+    """What load_ct found out and did, for the GUI, the CLI `info` command and reports."""
+
+    path: str
+    kind: str                       # "dicom-series", "dicom-file" or "file"
+    modality: str | None
+    already_hu: bool                # True when no rescale was applied (values taken as they are)
+    rescale_slope: float | None
+    rescale_intercept: float | None
+    rescale_type: str | None
+    message: str
+    pixel_type: str
+    n_files: int = 1
+    padding_value_hu: float | None = None   # DICOM PixelPaddingValue, converted to HU
+    padding_voxels: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dicom_header(path: str) -> sitk.ImageFileReader | None:
+    """Header-only reader of one file, or None when the file is not DICOM."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    # GDCM exposes DICOM tags as "gggg|eeee" keys; other formats have none.
+    return reader if reader.HasMetaDataKey("0008|0016") or reader.HasMetaDataKey("0008|0060") else None
+
+
+def _tag(reader: sitk.ImageFileReader | None, key: str) -> str | None:
+    if reader is None or not reader.HasMetaDataKey(key):
+        return None
+    value = reader.GetMetaData(key).strip()
+    return value or None
+
+
+def _float_tag(reader, key: str) -> float | None:
+    value = _tag(reader, key)
+    try:
+        return float(value.split("\\")[0]) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _looks_like_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _series_files(folder: str, series_id: str | None) -> list[str]:
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id if series_id is not None else ids[0]))
+
+
+def _check_no_skipped_files(folder: str, series_files: list[str]) -> None:
+    """GDCM silently leaves out DICOM files it cannot parse: a truncated slice would vanish from the volume."""
+    used = {os.path.realpath(f) for f in series_files}
+    skipped = [
+        p.name for p in sorted(Path(folder).iterdir())
+        if p.is_file() and p.name.upper() != "DICOMDIR" and os.path.realpath(p) not in used and _looks_like_dicom_file(p)
+    ]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        raise InputError(
+            f"{len(skipped)} DICOM file(s) in '{folder}' could not be read as part of the series "
+            f"(corrupt or truncated?): {shown}. Remove or replace them; the volume would have missing slices."
+        )
+
+
+def _rescale_message(slope: float | None, intercept: float | None, kind: str) -> tuple[bool, str]:
+    if slope is None and intercept is None:
+        where = "DICOM header" if kind.startswith("dicom") else "file"
+        return True, f"Input has no rescale tags ({where}); values are taken as HU already."
+    slope = 1.0 if slope is None else slope
+    intercept = 0.0 if intercept is None else intercept
+    if slope == 1.0 and intercept == 0.0:
+        return True, "Rescale slope 1, intercept 0: stored values are HU already."
+    return False, f"Converted stored values to HU with slope {slope:g}, intercept {intercept:g}."
+
+
+def _padding(image: sitk.Image, header, slope, intercept) -> tuple[float | None, int]:
+    """DICOM PixelPaddingValue (e.g. -2000 outside the circular field of view) in HU, and how many voxels carry it."""
+    stored = _float_tag(header, "0028|0120")
+    if stored is None:
+        return None, 0
+    value = stored * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+    count = int(np.count_nonzero(sitk.GetArrayViewFromImage(image) == value))
+    return value, count
+
+
+def label_map_reason(array: np.ndarray) -> str | None:
+    """Why `array` looks like a label map (integer, no negative value, few distinct values), or None."""
+    if array.size == 0 or array.min() < 0:
+        return None  # real CT in HU has negative air values
+    if np.issubdtype(array.dtype, np.floating):
+        sample = np.ravel(array)[:: max(1, array.size // 100_000)]
+        if not np.array_equal(sample, np.round(sample)):
+            return None
+        if array.max() > 1 << 16:
+            return None
+        array = array.astype(np.int32)
+    exact = integer_counts(array)
+    if exact is None:
+        return None
+    counts, offset = exact
+    values = np.flatnonzero(counts) + offset
+    if values.size > MAX_LABEL_VALUES:
+        return None
+    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if values.size > 8 else "")
+    return f"{values.size} distinct non-negative integer values ({shown})"
+
+
+def validate_ct(image: sitk.Image, name: str = "CT image") -> np.ndarray:
+    """Reject what cannot be a CT volume: 2D, NaN/Inf, constant, or a label map. Returns a read-only view."""
+    array = validate_volume(image, name)
+    reason = label_map_reason(array)
+    if reason is not None:
+        raise InputError(
+            f"The {name} looks like a label map or segmentation, not a CT: {reason}. "
+            "Pass the CT volume itself (values in HU); give masks with --mask."
+        )
+    return array
+
+
+def _value_warnings(image: sitk.Image) -> list[str]:
+    array = sitk.GetArrayViewFromImage(image)
+    lo, hi = float(array.min()), float(array.max())
+    if lo >= 0 and hi > 1000:
+        return [
+            f"All values are >= 0 (range {lo:g} .. {hi:g}): these look like stored values, not HU "
+            "(HU need a rescale intercept, usually -1024). Windows and presets assume HU."
+        ]
+    if lo > AIR_HU:
+        return [f"No voxel below {AIR_HU:g} HU (minimum {lo:g}): no air in the volume. Is this a CT in HU?"]
+    return []
+
+
+def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: bool = True) -> tuple[sitk.Image, CTLoadInfo]:
+    """Read a CT (DICOM series folder, single DICOM file, NIfTI, NRRD, MHA) in HU.
+
+    With `validate` (default) the image must be a usable 3D CT: not 2D, finite, not constant, not a
+    label map, and DICOM modality CT. `validate=False` only reads (for `prostateai info`).
+    """
+    image, source = read_image_with_source(path, series_id)
+    if source.kind == "dicom-series":
+        files = _series_files(source.path, series_id)
+        _check_no_skipped_files(source.path, files)
+        header = _dicom_header(files[0])
+    else:
+        header = _dicom_header(str(path))
+    modality, slope, intercept, rescale_type = source.modality, source.rescale_slope, source.rescale_intercept, source.rescale_type
+    kind = source.kind
+    if header is not None:
+        # ImageSource misses the tags of single DICOM files; read them from the header ourselves.
+        kind = "dicom-series" if source.kind == "dicom-series" else "dicom-file"
+        modality = modality or _tag(header, "0008|0060")
+        slope = slope if slope is not None else _float_tag(header, "0028|1053")
+        intercept = intercept if intercept is not None else _float_tag(header, "0028|1052")
+        rescale_type = rescale_type or _tag(header, "0028|1054")
+    if validate and modality is not None and modality.upper() != "CT":
+        raise InputError(
+            f"'{path}' is a DICOM {modality} image, not CT (modality {modality}); CT preprocessing needs a CT "
+            "in Hounsfield units. Use MR standardisation for MR images."
+        )
+    already_hu, message = _rescale_message(slope, intercept, kind)
+    padding_hu, padding_voxels = _padding(image, header, slope, intercept)
+    if padding_voxels:
+        message += (
+            f" {padding_voxels} voxels ({100.0 * padding_voxels / np.prod(image.GetSize()):.1f} %) are padding "
+            f"(PixelPaddingValue, {padding_hu:g} HU) outside the field of view."
+        )
+    info = CTLoadInfo(
+        path=str(path), kind=kind, modality=modality, already_hu=already_hu, rescale_slope=slope,
+        rescale_intercept=intercept, rescale_type=rescale_type, message=message,
+        pixel_type=image.GetPixelIDTypeAsString(), n_files=source.n_files,
+        padding_value_hu=padding_hu, padding_voxels=padding_voxels,
+    )
+    if validate:
+        validate_ct(image)
+    if image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() == 1:
+        info.warnings.extend(_value_warnings(image))
+    return image, info
