@@ -184,3 +184,15 @@ def test_info_flags_label_maps_and_missing_files(ct_data, capsys):
     assert "Looks like a label map" in capsys.readouterr().out
     assert main(["info", str(ct_data / "nothing.nrrd")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_dicom_padding_is_filled_before_percentiles(ct_data, tmp_path):
+    """ct-3slice: 21.3 % of voxels are PixelPaddingValue (-3024 HU); they must not set the window's low end."""
+    out, report = tmp_path / "p.nii.gz", tmp_path / "p.json"
+    assert main(["ct", str(ct_data / "dcmqi_ct3slice_seg" / "ct-3slice"), str(out), "--percentile", "0.01", "0.99",
+                 "--report", str(report)]) == 0
+    facts = json.loads(report.read_text())
+    padding = next(s for s in facts["steps"] if s["name"] == "padding")
+    assert padding["voxels"] == 167316 and padding["padding_value"] == -3024 and padding["filled_with"] == -1024
+    assert facts["window"][0] == -1024  # not -3024
+    assert _read(out)[1].min() == -1024

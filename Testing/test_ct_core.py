@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CTPreprocessLib import croppad, denoise, normalize, render, resample, window
-from CTPreprocessLib.hu import load_ct, validate_ct
+from CTPreprocessLib.hu import fill_padding, load_ct, validate_ct
 from CTPreprocessLib.pipeline import CTPipelineConfig, resolve_window, run_pipeline, validate_config
 from ProstateAILib.errors import InputError
 
@@ -472,10 +472,26 @@ def test_bad_inputs_give_clear_errors(ct_data, prostatex_data, tmp_path):
         ct_data / "radiomics_lung1" / "lung1_label.nrrd": "label map",
         ct_data / "ts_abdomen_nifti" / "example_seg.nii.gz": "label map",
         prostatex_data / "ProstateX-0000" / "t2w": "DICOM MR image, not CT",
+        ct_data / "dcmqi_ct3slice_seg" / "liver.dcm": "DICOM SEG image, not CT",
     }
     for path, message in cases.items():
         with pytest.raises(InputError, match=message):
             load_ct(path)
+
+
+def test_padding_filled_with_lowest_real_hu(ct_data):
+    image, info = load_ct(ct_data / "dcmqi_ct3slice_seg" / "ct-3slice")
+    before = _array(image).copy()
+    config = CTPipelineConfig(padding_value=info.padding_value_hu, window_mode="percentile", quantiles=(0.1, 0.5))
+    out, report = run_pipeline(image, config)
+    np.testing.assert_array_equal(_array(image), before)  # input untouched
+    step = report["steps"][1]
+    assert step["name"] == "padding" and step["voxels"] == info.padding_voxels and step["filled_with"] == -1024
+    # p10 falls in the 21 % padding: -3024 HU before filling, air (-1024) after; the median is unchanged.
+    assert report["window"] == [-1024, -807]
+    filled, count, fill = fill_padding(image, -3024)
+    assert count == 167316 and fill == -1024 and _array(filled).min() == -1024
+    assert np.array_equal(_array(filled)[before != -3024], before[before != -3024])
 
 
 def test_corrupt_dicom_file_and_series(ct_data, tmp_path):

@@ -112,6 +112,8 @@ def run_ct(args) -> int:
         _check_output_path(args.report, "report format", (".json",))
     image, info = load_ct(args.input)
     config = config_from_args(args)
+    if info.padding_voxels:
+        config.padding_value = info.padding_value_hu  # DICOM padding is not tissue: fill it before statistics
     result, report = run_pipeline(image, config, progress=args.progress_fn)
     report = {"input": str(args.input), "output": str(args.output), "hu": info.to_dict(), **report}
     output = write_image(result, args.output)

@@ -15,7 +15,7 @@ from ProstateAILib.imageio import require_same_grid
 CENTERS = ("center", "mask")
 
 
-def _check_size(size, dimension: int) -> tuple[int, ...]:
+def check_size(size, dimension: int) -> tuple[int, ...]:
     size = tuple(size)
     if len(size) != dimension or not all(int(s) == s and s >= 1 for s in size):
         raise InputError(f"Size must be {dimension} positive whole numbers of voxels (got {size}).")
@@ -61,7 +61,7 @@ def crop_or_pad(image: sitk.Image, size, pad_value: float, center: str = "center
     center="center": the box is centred on the image; "mask": on the centre of the mask's bounding box
     (mask on the image grid), shifted as needed to stay inside the image where it fits.
     """
-    size = _check_size(size, image.GetDimension())
+    size = check_size(size, image.GetDimension())
     if center not in CENTERS:
         raise InputError(f"Unknown crop centre '{center}'; choose one of: {', '.join(CENTERS)}.")
     if center == "mask" and mask is None:

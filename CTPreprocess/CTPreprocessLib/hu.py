@@ -89,19 +89,32 @@ def _series_files(folder: str, series_id: str | None) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id if series_id is not None else ids[0]))
 
 
-def _check_no_skipped_files(folder: str, series_files: list[str]) -> None:
-    """GDCM silently leaves out DICOM files it cannot parse: a truncated slice would vanish from the volume."""
-    used = {os.path.realpath(f) for f in series_files}
-    skipped = [
-        p.name for p in sorted(Path(folder).iterdir())
-        if p.is_file() and p.name.upper() != "DICOMDIR" and os.path.realpath(p) not in used and _looks_like_dicom_file(p)
+def _series_header(folder: str, series_id: str | None, n_read: int) -> sitk.ImageFileReader | None:
+    """Header of one file of the series, after checking that GDCM left no DICOM file out.
+
+    Why: GDCM silently skips files it cannot parse, so a truncated slice would just vanish from the volume.
+    Counting files with the DICOM preamble is cheap; the folder is listed by series only when counts differ.
+    """
+    dicom_files = [
+        p for p in sorted(Path(folder).iterdir())
+        if p.is_file() and p.name.upper() != "DICOMDIR" and _looks_like_dicom_file(p)
     ]
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        raise InputError(
-            f"{len(skipped)} DICOM file(s) in '{folder}' could not be read as part of the series "
-            f"(corrupt or truncated?): {shown}. Remove or replace them; the volume would have missing slices."
-        )
+    if len(dicom_files) > n_read:
+        listed = {
+            os.path.realpath(f)
+            for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+            for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, sid)
+        }
+        skipped = [p.name for p in dicom_files if os.path.realpath(p) not in listed]
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+            raise InputError(
+                f"{len(skipped)} DICOM file(s) in '{folder}' could not be read as part of the series "
+                f"(corrupt or truncated?): {shown}. Remove or replace them; the volume would have missing slices."
+            )
+    if series_id is None and dicom_files:
+        return _dicom_header(str(dicom_files[0]))  # one series in the folder: any of its files
+    return _dicom_header(_series_files(folder, series_id)[0])
 
 
 def _rescale_message(slope: float | None, intercept: float | None, kind: str) -> tuple[bool, str]:
@@ -123,6 +136,26 @@ def _padding(image: sitk.Image, header, slope, intercept) -> tuple[float | None,
     value = stored * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
     count = int(np.count_nonzero(sitk.GetArrayViewFromImage(image) == value))
     return value, count
+
+
+def fill_padding(image: sitk.Image, padding_value: float) -> tuple[sitk.Image, int, float | None]:
+    """Set voxels equal to `padding_value` (outside the field of view) to the lowest real HU in the image.
+
+    Why: -3024 HU padding would otherwise become the minimum of every percentile, min-max and resample.
+    Returns (image, number of voxels filled, fill value); the input image is not modified.
+    """
+    array = sitk.GetArrayViewFromImage(image)
+    padded = array == padding_value
+    count = int(np.count_nonzero(padded))
+    if count == 0:
+        return image, 0, None
+    if count == array.size:
+        raise InputError(f"Every voxel is padding ({padding_value:g} HU); there is no image inside the field of view.")
+    fill = array[~padded].min()
+    filled = np.where(padded, fill, array)
+    result = sitk.GetImageFromArray(filled)
+    result.CopyInformation(image)
+    return result, count, float(fill)
 
 
 def label_map_reason(array: np.ndarray) -> str | None:
@@ -180,9 +213,7 @@ def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: boo
     """
     image, source = read_image_with_source(path, series_id)
     if source.kind == "dicom-series":
-        files = _series_files(source.path, series_id)
-        _check_no_skipped_files(source.path, files)
-        header = _dicom_header(files[0])
+        header = _series_header(source.path, series_id, source.n_files)
     else:
         header = _dicom_header(str(path))
     modality, slope, intercept, rescale_type = source.modality, source.rescale_slope, source.rescale_intercept, source.rescale_type
@@ -195,9 +226,10 @@ def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: boo
         intercept = intercept if intercept is not None else _float_tag(header, "0028|1052")
         rescale_type = rescale_type or _tag(header, "0028|1054")
     if validate and modality is not None and modality.upper() != "CT":
+        hint = " Use MR standardisation for MR images." if modality.upper() == "MR" else ""
         raise InputError(
             f"'{path}' is a DICOM {modality} image, not CT (modality {modality}); CT preprocessing needs a CT "
-            "in Hounsfield units. Use MR standardisation for MR images."
+            f"in Hounsfield units.{hint}"
         )
     already_hu, message = _rescale_message(slope, intercept, kind)
     padding_hu, padding_voxels = _padding(image, header, slope, intercept)

@@ -20,7 +20,7 @@ from ProstateAILib.imageio import geometry, require_same_grid
 from ProstateAILib.progress import ProgressFn, scaled
 
 from . import croppad, denoise as denoise_mod, normalize as normalize_mod, resample as resample_mod, window as window_mod
-from .hu import validate_ct
+from .hu import fill_padding, validate_ct
 
 DENOISE_METHODS = ("none", "curvature_flow", "anisotropic", "median", "gaussian")
 WINDOW_MODES = ("none", "preset", "custom", "clip", "percentile")
@@ -64,6 +64,8 @@ class CTPipelineConfig:
     extras: dict = field(default_factory=dict)
     # added after the first contract (defaults keep old callers working)
     anisotropic_kind: str = "gradient"   # "gradient" or "curvature" anisotropic diffusion
+    padding_value: float | None = None   # DICOM PixelPaddingValue in HU (CTLoadInfo.padding_value_hu): those
+                                         # voxels (outside the field of view) become the lowest real HU first
 
 
 def _choice(value, allowed, what: str) -> None:
@@ -87,40 +89,31 @@ def validate_config(config: CTPipelineConfig) -> None:
     _choice(config.interpolator, INTERPOLATORS, "interpolator")
     _choice(config.crop_center, CROP_CENTERS, "crop centre")
     _choice(config.anisotropic_kind, denoise_mod.ANISOTROPIC_KINDS, "anisotropic diffusion kind")
-    if config.window_mode == "preset":
-        if config.preset is None:
-            raise InputError(f"Window mode 'preset' needs a preset name; valid presets: {', '.join(window_mod.PRESETS)}.")
-        window_mod.window_from_preset(config.preset)
-    elif config.window_mode == "custom":
-        if config.level is None or config.width is None:
-            raise InputError("Window mode 'custom' needs a level (WL) and a width (WW).")
-        window_mod.window_from_level_width(config.level, config.width)
-    elif config.window_mode == "clip":
-        window_mod.validate_window(*config.clip, what="clip range")
-    elif config.window_mode == "percentile":
-        qlo, qhi = config.quantiles
-        window_mod.percentile_window(np.array([0.0, 1.0]), qlo, qhi)  # validates the quantiles only
+    if config.window_mode == "percentile":
+        window_mod.check_quantiles(*config.quantiles)
+    else:
+        _fixed_window(config)
     if config.spacing is not None and config.reference is not None:
         raise InputError("Give either a target spacing or a reference image for resampling, not both.")
     if config.spacing is not None:
-        resample_mod._check_spacing(config.spacing, 3)
+        resample_mod.check_spacing(config.spacing, 3)
     normalize, dtype = output_dtype(config)
     if normalize == "zscore" and dtype != "float32":
         raise InputError(f"Z-score output is signed and real; it needs dtype float32 (got {dtype}).")
     if config.size is not None:
-        croppad._check_size(config.size, 3)
+        croppad.check_size(config.size, 3)
         if config.crop_center == "mask" and config.crop_mask is None:
             raise InputError("Crop centre 'mask' needs a crop mask.")
-    if config.pad_value is not None and not math.isfinite(float(config.pad_value)):
-        raise InputError(f"The pad value must be a finite number (got {config.pad_value}).")
+    for name in ("pad_value", "padding_value"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(float(value)):
+            raise InputError(f"The {name.replace('_', ' ')} must be a finite number (got {value}).")
 
 
-def resolve_window(image: sitk.Image, config: CTPipelineConfig) -> tuple[float, float] | None:
-    """The (lo, hi) window in HU the config asks for on this image, or None for no window."""
+def _fixed_window(config: CTPipelineConfig) -> tuple[float, float] | None:
+    """The window of every mode that does not look at the image (all but "percentile"), checked."""
     mode = config.window_mode
     _choice(mode, WINDOW_MODES, "window mode")
-    if mode == "none":
-        return None
     if mode == "preset":
         if config.preset is None:
             raise InputError(f"Window mode 'preset' needs a preset name; valid presets: {', '.join(window_mod.PRESETS)}.")
@@ -131,6 +124,13 @@ def resolve_window(image: sitk.Image, config: CTPipelineConfig) -> tuple[float, 
         return window_mod.window_from_level_width(config.level, config.width)
     if mode == "clip":
         return window_mod.validate_window(*config.clip, what="clip range")
+    return None
+
+
+def resolve_window(image: sitk.Image, config: CTPipelineConfig) -> tuple[float, float] | None:
+    """The (lo, hi) window in HU the config asks for on this image, or None for no window."""
+    if config.window_mode != "percentile":
+        return _fixed_window(config)
     lo, hi = window_mod.percentile_window(image, *config.quantiles)
     if lo >= hi:
         raise InputError(
@@ -153,7 +153,7 @@ def _follow_grid(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None
 class _Steps:
     """Runs, times and records steps; progress advances in proportion to rough step costs."""
 
-    WEIGHTS = {"validate": 1, "denoise": 6, "resample": 4, "window": 1, "normalize": 1, "crop_pad": 1}
+    WEIGHTS = {"validate": 1, "padding": 1, "denoise": 6, "resample": 4, "window": 1, "normalize": 1, "crop_pad": 1}
 
     def __init__(self, names: list[str], progress: ProgressFn | None):
         total = sum(self.WEIGHTS[n] for n in names)
@@ -212,8 +212,11 @@ def run_pipeline(image: sitk.Image, config: CTPipelineConfig, progress: Progress
     validate_config(config)
     normalize, dtype = output_dtype(config)
     resampling = config.spacing is not None or config.reference is not None
-    enabled = {"validate": True, "denoise": config.denoise != "none", "resample": resampling,
-               "window": config.window_mode != "none", "normalize": True, "crop_pad": config.size is not None}
+    enabled = {
+        "validate": True, "padding": config.padding_value is not None, "denoise": config.denoise != "none",
+        "resample": resampling, "window": config.window_mode != "none", "normalize": True,
+        "crop_pad": config.size is not None,
+    }
     steps = _Steps([name for name, on in enabled.items() if on], progress)
     started = time.perf_counter()
     notes = [f"dtype {dtype} implies min-max normalisation."] if normalize != config.normalize else []
@@ -223,6 +226,11 @@ def run_pipeline(image: sitk.Image, config: CTPipelineConfig, progress: Progress
     crop_mask = _mask_for(config.crop_mask, image, "crop mask")
 
     current = image
+    if enabled["padding"]:
+        def padding_step(p):
+            out, count, fill = fill_padding(image, float(config.padding_value))
+            return out, {"padding_value": float(config.padding_value), "voxels": count, "filled_with": fill}
+        current = steps.run("padding", "Filling padding outside the field of view", padding_step)
     if enabled["denoise"]:
         current = steps.run("denoise", f"Denoising ({config.denoise})",
                             lambda p: (denoise_mod.denoise(current, config, p), {"method": config.denoise}))
@@ -234,9 +242,9 @@ def run_pipeline(image: sitk.Image, config: CTPipelineConfig, progress: Progress
     if enabled["window"]:
         def window_step(p):
             lo, hi = resolve_window(current, config)
-            return (lo, hi), {"mode": config.window_mode, "preset": config.preset, "lo": lo, "hi": hi}
-        window = steps.run("window", "Windowing", window_step)
-        current = window_mod.apply_window(current, *window)
+            clipped = window_mod.apply_window(current, lo, hi)
+            return ((lo, hi), clipped), {"mode": config.window_mode, "preset": config.preset, "lo": lo, "hi": hi}
+        window, current = steps.run("window", "Windowing", window_step)
 
     current, to_output = steps.run("normalize", "Normalising",
                                    lambda p: _normalize_step(current, normalize, dtype, window, zscore_mask))

@@ -37,7 +37,7 @@ def _interpolator(name: str | None, label: bool) -> tuple[int, str]:
     return table[name], name
 
 
-def _check_spacing(spacing, dimension: int) -> tuple[float, ...]:
+def check_spacing(spacing, dimension: int) -> tuple[float, ...]:
     if np.isscalar(spacing):
         spacing = (spacing,) * dimension
     spacing = tuple(float(s) for s in spacing)
@@ -85,7 +85,7 @@ def resample_to_spacing(image: sitk.Image, spacing, interpolator: str | None = N
     interpolator: "bspline" (default for images), "linear", "nearest"; for label=True "nearest"
     (default) or "label_gaussian". Output size = ceil(extent / spacing), so the input extent is covered.
     """
-    spacing = _check_spacing(spacing, image.GetDimension())
+    spacing = check_spacing(spacing, image.GetDimension())
     method, name = _interpolator(interpolator, label)
     return _resample(
         image, output_size(image, spacing), spacing, image.GetOrigin(), image.GetDirection(), method,

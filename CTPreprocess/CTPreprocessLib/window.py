@@ -45,9 +45,9 @@ PRESET_LABELS: dict[str, str] = {
     "spine_bone": "Bone (spine)",
 }
 
-# Voxels per bincount call: the intp copy bincount makes (2 MiB) then stays in cache; measured
-# 2^18 fastest on 52 M voxels (2^16: 1.8x slower, whole array at once: 3x slower).
-_CHUNK = 1 << 18
+# Voxels per bincount call: the reused intp buffer (1 MiB) stays in cache. Measured (CPU time,
+# 52 M int16 voxels): 2^16-2^18 about equal and best, 2^15 1.4x slower, one call on the whole array 3x.
+_CHUNK = 1 << 17
 # Integer data spanning more distinct values than this fall back to the float histogram.
 _MAX_COUNT_BINS = 1 << 22
 # Float data: at least this many bins, and bins no wider than _MAX_BIN_WIDTH (HU) when possible.
@@ -196,14 +196,19 @@ def quantiles(image_or_array, qs) -> np.ndarray:
     return v0 + fraction * (v1 - v0)
 
 
-def percentile_window(image_or_array, qlo: float = 0.6, qhi: float = 0.99) -> tuple[float, float]:
-    """Window between two quantiles (CT framework default 0.6 / 0.99), quantiles in [0, 1]."""
+def check_quantiles(qlo: float, qhi: float) -> tuple[float, float]:
     qlo, qhi = float(qlo), float(qhi)
     for q in (qlo, qhi):
         if not (0.0 <= q <= 1.0):
             raise InputError(f"Quantiles must lie in [0, 1] (got {qlo:g}, {qhi:g}); e.g. 0.6 0.99 (not percent).")
     if qlo >= qhi:
         raise InputError(f"The low quantile ({qlo:g}) must be below the high quantile ({qhi:g}).")
+    return qlo, qhi
+
+
+def percentile_window(image_or_array, qlo: float = 0.6, qhi: float = 0.99) -> tuple[float, float]:
+    """Window between two quantiles (CT framework default 0.6 / 0.99), quantiles in [0, 1]."""
+    qlo, qhi = check_quantiles(qlo, qhi)
     lo, hi = quantiles(image_or_array, (qlo, qhi))
     return float(lo), float(hi)
 
