@@ -1,5 +1,96 @@
-"""Segmentation sub-commands (`segment`, `train`, `evaluate`): added by the segmentation work."""
+"""Segmentation sub-commands: `train` and `evaluate` (`segment` is added by the inference work).
+
+torch is imported lazily inside the command functions so other sub-commands stay fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+
+def _triple(text: str, kind=float) -> tuple:
+    parts = [kind(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    if len(parts) != 3:
+        raise ValueError(text)
+    return tuple(parts)
 
 
 def register(subparsers) -> None:
-    """No segmentation commands yet."""
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+
+
+# ---------------------------------------------------------------- train
+
+def _register_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the segmentation network",
+        description="Train the prostate segmentation network. DATA is a folder of <case>_t2.nii.gz + "
+                    "<case>_prostate.nii.gz pairs, an nnU-Net/MSD raw folder (imagesTr/ + labelsTr/) or a JSON "
+                    "list [{\"image\": ..., \"label\": ..., \"group\": ...}].",
+    )
+    p.add_argument("--data", required=True, help="dataset folder or JSON list")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, model.pt, history.csv, learning_curve.png)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--iterations", type=int, default=150, help="iterations per epoch")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--patch", default="16,80,80", help="patch size z,y,x in working-grid voxels")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-every", type=int, default=2, help="validate every N epochs")
+    p.add_argument("--val-overlap", type=float, default=0.1, help="window overlap for validation (speed)")
+    p.add_argument("--features", default=None, help="channels per level, e.g. 16,32,64,96,128")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and SimpleITK")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
+    p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (debugging)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (optimizer state included)")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from . import train
+
+    net = {}
+    if args.features:
+        net["features"] = [int(v) for v in args.features.split(",")]
+    cfg = train.TrainConfig(
+        data=args.data, out=args.out, epochs=args.epochs, iterations=args.iterations, batch=args.batch,
+        patch=_triple(args.patch, int), lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
+        val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
+        max_cases=args.max_cases, net=net,
+        command=" ".join(shlex.quote(a) for a in ["prostateai"] + sys.argv[1:]),
+    )
+    result = train.run_training(cfg, resume=args.resume, progress=args.progress_fn,
+                                log=lambda m: print(m, flush=True))
+    best = result["best"]
+    print(f"best validation Dice {best['dice']:.4f} at epoch {best['epoch']}; model: {result['out']}/model.pt")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+def _register_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="compare predicted and reference masks (Dice, HD95, ASSD, volumes)",
+        description="Per-label Dice, 95th-percentile Hausdorff distance, average symmetric surface distance "
+                    "(mm, spacing-aware), volume similarity and absolute volume difference (mL). Single case "
+                    "(--pred/--truth) or a cohort (--pred-dir/--truth-dir or --list CSV with columns pred,truth[,case]).",
+    )
+    p.add_argument("--pred", help="predicted mask")
+    p.add_argument("--truth", help="reference mask")
+    p.add_argument("--pred-dir", help="folder of predicted masks (matched to --truth-dir by case name)")
+    p.add_argument("--truth-dir", help="folder of reference masks")
+    p.add_argument("--list", help="CSV with columns pred,truth and optionally case")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="labels to score, as VALUE or VALUE=name (default: every non-zero value present)")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--csv", help="cohort mode: per-case CSV (default: next to --json, or evaluation.csv)")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from . import metrics
+
+    return metrics.evaluate_command(args)

@@ -1,0 +1,125 @@
+"""Network shape/size and sliding-window inference (blending, padding, TTA)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ProstateAILib import inference, network
+
+
+class VoxelwiseModel(torch.nn.Module):
+    """Logits (0, x): softmax foreground = sigmoid(x), independent of the window -> any correct
+    blending must reproduce sigmoid(volume) exactly, whatever the overlap and weights."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1]], dim=1)
+
+
+def test_network_output_shapes_and_size():
+    model = network.build_network()
+    assert model.divisor == (4, 16, 16)
+    n = network.count_parameters(model)
+    assert n <= 2.5e6  # float16 model file <= 5 MB, float32 <= 10 MB (limit 20 MB)
+    buffer = io.BytesIO()
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, buffer)
+    assert buffer.tell() <= 5 * 1024 * 1024
+    x = torch.randn(1, 1, 16, 32, 48)
+    model.train()
+    outputs = model(x)
+    assert [tuple(o.shape) for o in outputs] == [(1, 2, 16, 32, 48), (1, 2, 16, 16, 24), (1, 2, 8, 8, 12)]
+    model.eval()
+    with torch.no_grad():
+        assert tuple(model(x).shape) == (1, 2, 16, 32, 48)
+
+
+def test_network_config_roundtrip_and_concat_variant():
+    cfg = network.NetConfig(in_channels=3, out_channels=3, features=(4, 8, 8, 8, 8), skip="concat", deep_supervision=False)
+    again = network.NetConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    model = network.build_network(cfg.to_dict()).train()
+    assert tuple(model(torch.randn(2, 3, 8, 32, 32)).shape) == (2, 3, 8, 32, 32)
+
+
+def test_gaussian_weights():
+    w = inference.gaussian_weights((8, 16, 16))
+    assert tuple(w.shape) == (8, 16, 16)
+    assert float(w.max()) == pytest.approx(1.0) and float(w.min()) >= 1e-3
+    assert torch.allclose(w, torch.flip(w, [0, 1, 2]))  # symmetric about the patch centre
+    assert w[4, 8, 8] > w[0, 8, 8] and w[4, 8, 8] > w[4, 0, 0]
+
+
+@pytest.mark.parametrize("size,patch,overlap", [(100, 32, 0.5), (32, 32, 0.5), (20, 32, 0.5), (47, 16, 0.1), (171, 80, 0.25)])
+def test_window_starts_cover_the_axis(size, patch, overlap):
+    starts = inference.window_starts(size, patch, overlap)
+    assert starts[0] == 0 and starts[-1] + patch >= size
+    assert all(b - a <= patch * (1 - overlap) + 1 for a, b in zip(starts, starts[1:]))
+    covered = np.zeros(max(size, patch), bool)
+    for s in starts:
+        covered[s:s + patch] = True
+    assert covered[:size].all()
+
+
+def test_sliding_window_equals_direct_inference_when_window_covers_image():
+    torch.manual_seed(0)
+    model = network.build_network(network.NetConfig(features=(4, 8, 8, 8, 8))).eval()
+    volume = torch.randn(1, 16, 32, 48)
+    with torch.no_grad():
+        direct = torch.softmax(model(volume[None]), 1)[0].numpy()
+    probs = inference.sliding_window(model, volume.numpy(), (16, 32, 48), overlap=0.5)
+    np.testing.assert_allclose(probs, direct, atol=1e-6)
+
+
+def test_small_volume_is_padded_and_cropped_back():
+    torch.manual_seed(0)
+    model = network.build_network(network.NetConfig(features=(4, 8, 8, 8, 8))).eval()
+    volume = torch.randn(1, 10, 20, 30)
+    probs = inference.sliding_window(model, volume.numpy(), (16, 32, 32))
+    assert probs.shape == (2, 10, 20, 30)
+    padded = torch.nn.functional.pad(volume, (1, 1, 6, 6, 3, 3))
+    with torch.no_grad():
+        direct = torch.softmax(model(padded[None]), 1)[0, :, 3:13, 6:26, 1:31].numpy()
+    np.testing.assert_allclose(probs, direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("overlap,flips,batch", [(0.5, (), 1), (0.25, ((2,),), 3), (0.0, ((0,), (1, 2)), 2)])
+def test_blending_is_a_normalised_weighted_average(overlap, flips, batch):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(1, 23, 70, 57)).astype(np.float32)
+    probs = inference.sliding_window(VoxelwiseModel(), volume, (8, 32, 32), overlap=overlap, flip_axes=flips, batch_size=batch)
+    expected = 1 / (1 + np.exp(-volume[0]))
+    np.testing.assert_allclose(probs[1], expected, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_blending_weights_favour_window_centres():
+    """Two windows disagreeing (window-dependent output): the blend follows the Gaussian weights."""
+
+    class WindowId(torch.nn.Module):
+        def forward(self, x):  # logit = mean intensity of the window -> differs between windows
+            m = x.mean(dim=(1, 2, 3, 4), keepdim=True).expand(-1, 1, *x.shape[2:])
+            return torch.cat([torch.zeros_like(m), m * 50], 1)
+
+    volume = np.zeros((1, 4, 4, 48), np.float32)
+    volume[..., 24:] = 1.0  # left window sees mostly 0 (p~0.5 ... ), right window mostly 1
+    probs = inference.sliding_window(WindowId(), volume, (4, 4, 32), overlap=0.5)[1]
+    starts = inference.window_starts(48, 32, 0.5)
+    assert starts == [0, 16]
+    w = inference.gaussian_weights((4, 4, 32))[0, 0].numpy()
+    left = 1 / (1 + np.exp(-50 * volume[..., 0:32].mean()))
+    right = 1 / (1 + np.exp(-50 * volume[..., 16:48].mean()))
+    x = 20  # covered by both windows: position 20 in the left one, 4 in the right one
+    expected = (w[20] * left + w[4] * right) / (w[20] + w[4])
+    assert probs[0, 0, x] == pytest.approx(expected, abs=1e-5)
+    assert probs[0, 0, 0] == pytest.approx(left, abs=1e-5) and probs[0, 0, 47] == pytest.approx(right, abs=1e-5)
+
+
+def test_keep_largest_component():
+    mask = np.zeros((5, 20, 20), bool)
+    mask[1:4, 2:10, 2:10] = True
+    mask[2, 15:17, 15:17] = True
+    out = inference.keep_largest_component(mask)
+    assert out.sum() == 3 * 8 * 8 and not out[2, 15, 15]

@@ -1,0 +1,175 @@
+"""Dataset layouts, groups and split, patch sampling, loss, and a tiny end-to-end training run with resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from ProstateAILib import cli, dataset, preprocess, train
+from ProstateAILib.errors import InputError
+
+pytestmark = pytest.mark.data
+
+SMALL = ("case13", "case25", "case38")  # 160x160x15, 128x128x18, 160x160x24: quick to preprocess
+
+
+def _nnunet_layout(root, promise12_data, names=SMALL):
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for name in names:
+        (root / "imagesTr" / f"{name}_0000.nii.gz").symlink_to(promise12_data / f"{name}_t2.nii.gz")
+        (root / "labelsTr" / f"{name}.nii.gz").symlink_to(promise12_data / f"{name}_prostate.nii.gz")
+    return root
+
+
+def _json_list(path, promise12_data, names=SMALL, group="g"):
+    entries = [{"image": str(promise12_data / f"{n}_t2.nii.gz"), "label": str(promise12_data / f"{n}_prostate.nii.gz"),
+                "group": group} for n in names]
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_three_dataset_layouts(tmp_path, promise12_data):
+    pairs = dataset.discover_cases(promise12_data)
+    assert len(pairs) == 36 and pairs[0].name == "case00" and pairs[0].images[0].endswith("case00_t2.nii.gz")
+    nnunet = dataset.discover_cases(_nnunet_layout(tmp_path / "nn", promise12_data))
+    assert [c.name for c in nnunet] == list(SMALL) and all(len(c.images) == 1 for c in nnunet)
+    assert all(c.label.endswith(f"{c.name}.nii.gz") for c in nnunet)
+    listed = dataset.discover_cases(_json_list(tmp_path / "list.json", promise12_data))
+    assert [c.name for c in listed] == list(SMALL) and {c.group for c in listed} == {"g"}
+    with pytest.raises(InputError, match="No labelled cases"):
+        dataset.discover_cases(tmp_path / "nn" / "labelsTr")
+
+
+def test_groups_and_stratified_split(promise12_data):
+    cases = dataset.assign_groups(dataset.discover_cases(promise12_data))
+    groups = Counter(c.group for c in cases)
+    # The README table: 256^2 high/low max, 160^2 low max, 160^2 4095-max, one 128^2, one 192^2.
+    assert groups == {"160x160-lo": 11, "160x160-hi": 9, "256x256-lo": 8, "256x256-hi": 6, "128x128-lo": 1, "192x192-lo": 1}
+    train_cases, val_cases = dataset.stratified_split(cases, 0.2, seed=0)
+    assert len(train_cases) + len(val_cases) == 36 and not {c.name for c in train_cases} & {c.name for c in val_cases}
+    assert {c.group for c in train_cases} == set(groups)  # every group keeps training cases
+    assert {c.group for c in val_cases} == {g for g, n in groups.items() if n >= 2}  # and is validated when it can be
+    assert 6 <= len(val_cases) <= 8
+    again = dataset.stratified_split(cases, 0.2, seed=0)
+    assert [c.name for c in again[1]] == [c.name for c in val_cases]  # deterministic
+
+
+@pytest.fixture(scope="module")
+def prepared(promise12_data):
+    cases = dataset.discover_cases(promise12_data)
+    return [dataset.prepare_case(c) for c in cases if c.name in SMALL]
+
+
+def test_prepared_cases_on_working_grid(prepared):
+    for case in prepared:
+        assert case.image.dtype == np.float32 and case.image.shape[1:] == case.label.shape
+        assert np.allclose(case.working.GetSpacing(), preprocess.WORKING_SPACING)
+        lo, hi = np.percentile(case.image, [1, 99])
+        assert lo == pytest.approx(0, abs=0.02) and hi == pytest.approx(1, abs=0.02)
+        # Label volume is preserved by the Gaussian label interpolation (within 10 %).
+        original_ml = sitk.GetArrayViewFromImage(case.original).sum() * np.prod(case.original.GetSpacing())
+        working_ml = case.label.sum() * np.prod(case.working.GetSpacing())
+        assert working_ml == pytest.approx(original_ml, rel=0.1)
+
+
+def test_normalisation_uses_mrstandardize(promise12_data):
+    image = sitk.ReadImage(str(promise12_data / "case13_t2.nii.gz"))
+    ours = preprocess.normalize_channel(image)
+    assert np.percentile(ours, 1) == pytest.approx(0, abs=1e-4) and np.percentile(ours, 99) == pytest.approx(1, abs=1e-4)
+    np.testing.assert_allclose(preprocess.percentile_normalize(sitk.GetArrayFromImage(image)), ours, atol=1e-5)
+    norm = pytest.importorskip("MRStandardizeLib.normalize")
+    np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(norm.normalize(image, "percentile")))
+    zeros = image * 0  # a missing (zero-filled) channel stays zero instead of failing
+    assert not preprocess.normalize_channel(zeros).any()
+
+
+def test_working_grid_roundtrip(promise12_data):
+    mask = sitk.ReadImage(str(promise12_data / "case13_prostate.nii.gz"))
+    image = sitk.ReadImage(str(promise12_data / "case13_t2.nii.gz"))
+    array, working = preprocess.to_working_image([image])
+    assert np.allclose(working.GetSpacing(), preprocess.WORKING_SPACING) and array.shape[0] == 1
+
+    def centre(img):
+        return np.array(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
+
+    np.testing.assert_allclose(centre(working), centre(image), atol=1e-6)  # same physical extent centre
+    label = preprocess.label_to_working(mask, working)
+    probs = np.stack([label == 0, label == 1]).astype(np.float32)
+    back = preprocess.probabilities_to_original(probs, working, image).argmax(0)
+    truth = sitk.GetArrayFromImage(mask)
+    assert back.shape == truth.shape
+    assert 2 * (back * truth).sum() / (back.sum() + truth.sum()) > 0.95
+
+
+def test_sampler_without_augmentation_crops_exact_voxels(prepared):
+    off = dataset.AugmentConfig(p_rotation=0, p_scale=0, flip_probs=(0, 0, 0), p_intensity_scale=0, p_shift=0,
+                                p_gamma=0, p_noise=0)
+    sampler = dataset.PatchSampler(prepared[:1], (8, 32, 32), off, p_foreground=1.0, seed=1)
+    case = prepared[0]
+    for z, y, x in case.foreground[:: max(1, len(case.foreground) // 5)]:
+        z, y, x = min(max(z, 4), case.label.shape[0] - 4), max(y, 16), max(x, 16)
+        image, label = sampler.sample(0, (z, y, x))
+        np.testing.assert_allclose(image[0].numpy(), case.image[0, z - 4:z + 4, y - 16:y + 16, x - 16:x + 16], atol=1e-5)
+        np.testing.assert_array_equal(label.numpy(), case.label[z - 4:z + 4, y - 16:y + 16, x - 16:x + 16])
+    # Near the volume edge the patch is padded with zeros / background, not wrapped.
+    image, label = sampler.sample(0, (0, 0, 0))
+    assert float(image[0, :4].abs().sum()) == 0 and int(label[:4].sum()) == 0
+    assert float(image[0, 4:, 16:, 16:].abs().sum()) > 0
+
+
+def test_sampler_batches_are_foreground_balanced(prepared):
+    sampler = dataset.PatchSampler(prepared, (8, 48, 48), p_foreground=0.5, seed=0)
+    images, labels = sampler.batch(16)
+    assert images.shape == (16, 1, 8, 48, 48) and labels.shape == (16, 8, 48, 48) and labels.dtype == torch.int64
+    with_fg = int((labels.flatten(1).sum(1) > 0).sum())
+    assert with_fg >= 6  # ~half centred on the gland, plus random patches that hit it
+    assert set(torch.unique(labels).tolist()) <= {0, 1}
+
+
+def test_dice_ce_loss_is_small_for_perfect_logits():
+    target = torch.zeros(2, 4, 8, 8, dtype=torch.long)
+    target[:, 1:3, 2:6, 2:6] = 1
+    perfect = torch.nn.functional.one_hot(target, 2).permute(0, 4, 1, 2, 3).float() * 20 - 10
+    assert float(train.dice_ce_loss(perfect, target)) < 1e-3
+    assert float(train.dice_ce_loss(-perfect, target)) > 1.5
+
+
+def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys):
+    data = _json_list(tmp_path / "list.json", promise12_data)
+    out = tmp_path / "run"
+    common = ["train", "--data", str(data), "--out", str(out), "--iterations", "4", "--batch", "2",
+              "--patch", "8,32,32", "--features", "4,8,8,8,8", "--val-every", "1", "--val-overlap", "0",
+              "--threads", "1", "--seed", "3"]
+    assert cli.main(common + ["--epochs", "2"]) == 0
+    for name in ("last.pt", "model.pt", "model.json", "history.csv", "learning_curve.png", "split.json"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(r["val_dice"] != "" for r in rows)
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["val"]) == 1 and len(split["train"]) == 2
+    printed = capsys.readouterr().out
+    assert "epoch 2/2 loss" in printed and "best validation Dice" in printed
+
+    assert cli.main(common + ["--epochs", "3", "--resume"]) == 0
+    assert "resumed from epoch 2" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["epoch"] == 3
+    steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {12}  # optimizer state carried over: 3 epochs x 4 iterations
+
+    model, meta = train.load_model(out / "model.pt")
+    assert meta["format"] == train.MODEL_FORMAT and meta["preprocess"]["spacing_xyz_mm"] == list(preprocess.WORKING_SPACING)
+    assert meta["labels"] == {"0": "background", "1": "prostate"} and meta["validation"]["per_case"]
+    assert not model.training
+    with pytest.raises(InputError, match="Nothing to resume"):
+        train.run_training(train.TrainConfig(data=str(data), out=str(tmp_path / "other")), resume=True)
