@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from ProstateAILib.imageio import geometry, write_image, write_text
 
@@ -31,28 +32,44 @@ LIVER_BELOW_LUNG_BASE_MM = 35.0
 AXIS_OF_VIEW = {"axial": 2, "coronal": 1, "sagittal": 0}  # LPS index axis across each view
 
 
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """The patient: largest connected region above -500 HU, holes (lungs, bowel gas) filled slice by slice.
+
+    Why: the table's foam and the air around the patient also hold "lung-range" HU.
+    """
+    labels, count = ndimage.label(hu > -500)
+    if count == 0:
+        return np.zeros(hu.shape, bool)
+    largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones(hu.shape), labels, range(1, count + 1))))
+    body = labels == largest
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in body])
+
+
 def landmark_slices(image: sitk.Image) -> dict[str, int]:
     """Slice indices (in the LPS-reoriented volume render.py uses) for the preview planes.
 
-    lungs: the axial slice with the most lung-range voxels (for an abdominal scan: the lung bases);
-    liver: a few cm below it; coronal / sagittal: through the body's centre.
+    lungs / lungs_coronal: the axial / coronal slice with the most lung-range voxels (for an abdominal
+    scan: through the lung bases); liver: a few cm below; coronal / sagittal: through the body's centre.
     """
     lps = render.to_lps(image)
     hu = sitk.GetArrayViewFromImage(lps)  # (k: S, j: P, i: L); `lps` stays alive in this function
-    lung_per_slice = np.count_nonzero((hu > LUNG_HU[0]) & (hu < LUNG_HU[1]), axis=(1, 2))
-    lung = int(np.argmax(lung_per_slice))
+    body = body_mask(hu)
+    lung_voxels = (hu > LUNG_HU[0]) & (hu < LUNG_HU[1]) & body
+    lung = int(np.argmax(np.count_nonzero(lung_voxels, axis=(1, 2))))
+    # Coronal: count only near the lung slice, or bowel gas lower down can win.
+    slab = int(round(LIVER_BELOW_LUNG_BASE_MM / lps.GetSpacing()[2]))
+    lung_coronal = int(np.argmax(np.count_nonzero(lung_voxels[max(0, lung - slab):lung + slab + 1], axis=(0, 2))))
     liver = max(0, lung - int(round(LIVER_BELOW_LUNG_BASE_MM / lps.GetSpacing()[2])))
-    body = hu > -500
     j = int(round(np.mean(np.flatnonzero(body.any(axis=(0, 2))))))
     i = int(round(np.mean(np.flatnonzero(body.any(axis=(0, 1))))))
-    return {"lungs": lung, "liver": liver, "coronal": j, "sagittal": i}
+    return {"lungs": lung, "lungs_coronal": lung_coronal, "liver": liver, "coronal": j, "sagittal": i}
 
 
 def _cases(resample_spacing: float) -> list[tuple[str, CTPipelineConfig, list[tuple[str, str]]]]:
     """(name, config, previews [(axis, landmark)])."""
     preset = lambda name: CTPipelineConfig(window_mode="preset", preset=name, normalize="minmax", dtype="uint8")  # noqa: E731
     return [
-        ("lungs", preset("lungs"), [("axial", "lungs"), ("coronal", "coronal")]),
+        ("lungs", preset("lungs"), [("axial", "lungs"), ("coronal", "lungs_coronal")]),
         ("abdomen_soft_tissue", preset("abdomen_soft_tissue"), [("axial", "liver"), ("coronal", "coronal")]),
         ("liver", preset("liver"), [("axial", "liver")]),
         ("spine_bone", preset("spine_bone"), [("sagittal", "sagittal"), ("axial", "liver")]),

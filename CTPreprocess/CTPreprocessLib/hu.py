@@ -187,7 +187,7 @@ def validate_ct(image: sitk.Image, name: str = "CT image") -> np.ndarray:
     if reason is not None:
         raise InputError(
             f"The {name} looks like a label map or segmentation, not a CT: {reason}. "
-            "Pass the CT volume itself (values in HU); give masks with --mask."
+            "Pass the CT volume itself (values in HU); masks go in the mask input (--mask on the command line)."
         )
     return array
 

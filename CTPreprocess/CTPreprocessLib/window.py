@@ -125,16 +125,16 @@ def integer_counts(array: np.ndarray) -> tuple[np.ndarray, int] | None:
     return counts, lo
 
 
-def _float_counts(flat: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Fine histogram of float data: (counts, lo, bin_width) with bins [lo + i*w, lo + (i+1)*w)."""
-    lo, hi = float(flat.min()), float(flat.max())
+def _float_counts(flat: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, float]:
+    """Fine histogram of real data in [lo, hi]: (counts, bin_width), bins [lo + i*w, lo + (i+1)*w)."""
     span = hi - lo
     if span == 0:
-        return np.array([flat.size], np.int64), lo, 1.0
+        return np.array([flat.size], np.int64), 1.0
     n_bins = int(min(max(_MIN_FLOAT_BINS, math.ceil(span / _MAX_BIN_WIDTH)), _MAX_COUNT_BINS))
-    # Work in the data's own precision (float32 math is ~1.6x faster); rounding is monotone, so
-    # bins stay ordered and the counts consistent, with edges off by at most ~1e-4 HU.
-    work = flat.dtype if flat.dtype.itemsize >= 4 else np.dtype(np.float32)
+    # float32 data are binned in float32 (1.6x faster than float64); rounding is monotone, so bins
+    # stay ordered and counts consistent, with edges off by at most ~1e-4 HU. Wide integers: float64.
+    small_float = np.issubdtype(flat.dtype, np.floating) and flat.dtype.itemsize <= 4
+    work = np.dtype(np.float32) if small_float else np.dtype(np.float64)
     lo_w, scale_w = work.type(lo), work.type(n_bins / span)
     counts = np.zeros(n_bins + 1, np.int64)  # +1: the maximum (index n_bins) is folded back below
     values = np.empty(min(_CHUNK, flat.size), work)
@@ -147,7 +147,7 @@ def _float_counts(flat: np.ndarray) -> tuple[np.ndarray, float, float]:
         bins[...] = scaled_values  # truncation = floor, as values are >= 0
         counts += np.bincount(bins, minlength=n_bins + 1)[: n_bins + 1]
     counts[n_bins - 1] += counts[n_bins]
-    return counts[:n_bins], lo, span / n_bins
+    return counts[:n_bins], span / n_bins
 
 
 def _order_statistics(cumulative: np.ndarray, ranks: np.ndarray) -> np.ndarray:
@@ -179,18 +179,20 @@ def quantiles(image_or_array, qs) -> np.ndarray:
         v1 = _order_statistics(cumulative, upper) + offset
     else:
         flat = np.ravel(array)
-        if not np.isfinite(flat.min()) or not np.isfinite(flat.max()):
+        lo, hi_value = float(flat.min()), float(flat.max())  # NaN propagates into both
+        if not (math.isfinite(lo) and math.isfinite(hi_value)):
             raise InputError("The image contains NaN or infinite voxels; percentiles are undefined.")
-        counts, lo, width = _float_counts(flat)
+        counts, width = _float_counts(flat, lo, hi_value)
         cumulative = np.cumsum(counts)
         before = cumulative - counts
-        hi_value = float(flat.max())
 
         def estimate(ranks):
             bins = _order_statistics(cumulative, ranks)
             # Spread the bin's voxels evenly over the bin: the (r+0.5)/count point of the bin.
             inside = (ranks - before[bins] + 0.5) / counts[bins]
-            return np.minimum(lo + (bins + inside) * width, hi_value)
+            values = np.clip(lo + (bins + inside) * width, lo, hi_value)
+            # The extremes are known exactly.
+            return np.where(ranks == 0, lo, np.where(ranks == flat.size - 1, hi_value, values))
 
         v0, v1 = estimate(lower), estimate(upper)
     return v0 + fraction * (v1 - v0)
