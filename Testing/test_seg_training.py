@@ -158,8 +158,10 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys):
     printed = capsys.readouterr().out
     assert "epoch 2/2 loss" in printed and "best validation Dice" in printed
 
-    assert cli.main(common + ["--epochs", "3", "--resume"]) == 0
-    assert "resumed from epoch 2" in capsys.readouterr().out
+    assert cli.main(common + ["--epochs", "3", "--resume", "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from epoch 2" in captured.out
+    assert "PROGRESS 1.0000 epoch 3/3 loss" in captured.err  # machine-readable lines for jobs.Job
     rows = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     state = torch.load(out / "last.pt", weights_only=False)
@@ -171,5 +173,12 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys):
     assert meta["format"] == train.MODEL_FORMAT and meta["preprocess"]["spacing_xyz_mm"] == list(preprocess.WORKING_SPACING)
     assert meta["labels"] == {"0": "background", "1": "prostate"} and meta["validation"]["per_case"]
     assert not model.training
+    # The deployed path: T2 in, label map out on the T2 grid.
+    from ProstateAILib import inference, imageio
+
+    t2 = sitk.ReadImage(str(promise12_data / "case25_t2.nii.gz"))
+    seg = inference.segment_image(model, meta, [t2], tta=True)
+    assert imageio.same_grid(seg, t2) and seg.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayViewFromImage(seg)).tolist()) <= {0, 1}
     with pytest.raises(InputError, match="Nothing to resume"):
         train.run_training(train.TrainConfig(data=str(data), out=str(tmp_path / "other")), resume=True)

@@ -132,3 +132,38 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bool = True,
+                          overlap: float | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+    """Class probabilities (K, z, y, x) on the first channel's (T2) original grid.
+
+    Repeats the model's preprocessing (working grid + normalisation from `metadata`), runs the
+    sliding window on the working grid and resamples the probabilities back (linear).
+    """
+    from . import preprocess
+
+    settings = metadata.get("inference", {})
+    spacing = tuple(metadata["preprocess"]["spacing_xyz_mm"])
+    volume, working = preprocess.to_working_image(list(channels), spacing)
+    flips = tuple(tuple(a) for a in settings.get("tta_flip_axes_zyx", [[2]])) if tta else ()
+    probs = sliding_window(model, volume, tuple(settings.get("patch_zyx", (16, 80, 80))),
+                           overlap=settings.get("overlap", 0.5) if overlap is None else overlap,
+                           flip_axes=flips, device=device, progress=progress)
+    return preprocess.probabilities_to_original(probs, working, channels[0])
+
+
+def segment_image(model, metadata: dict, channels, device="cpu", tta: bool = True, largest_component: bool = True,
+                  progress: ProgressFn | None = None):
+    """Label map (uint8 SimpleITK image on the T2 grid): argmax, then per label the largest component."""
+    import SimpleITK as sitk
+
+    probs = predict_probabilities(model, metadata, channels, device=device, tta=tta, progress=progress)
+    labels = probs.argmax(0).astype(np.uint8)
+    if largest_component:
+        for value in range(1, probs.shape[0]):
+            component = keep_largest_component(labels == value)
+            labels[(labels == value) & ~component] = 0
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(channels[0])
+    return out

@@ -291,6 +291,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
             losses.append(loss.item())
             if not math.isfinite(losses[-1]):
                 raise RuntimeError(f"Training diverged (loss {losses[-1]}) at epoch {epoch}, iteration {it}.")
+            if progress is not None and (it + 1) % 10 == 0:
+                progress((step + 1) / total_iterations, f"epoch {epoch}/{cfg.epochs} iteration {it + 1}/{cfg.iterations}")
         train_seconds = time.time() - t0
         val_dice, per_case, val_seconds = "", {}, 0.0
         if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
@@ -322,7 +324,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
         write_history(history, out)
         message = (f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.4f} "
                    + (f"val Dice {val_dice:.4f} " if val_dice != "" else "")
-                   + f"(best {best['dice']:.4f} @ {best['epoch']}) lr {optimizer.param_groups[0]['lr']:.2e} "
+                   + (f"(best {best['dice']:.4f} @ {best['epoch']}) " if best["epoch"] else "(not validated yet) ")
+                   + f"lr {optimizer.param_groups[0]['lr']:.2e} "
                    + f"{train_seconds:.0f} s + val {val_seconds:.0f} s")
         log(message)
         if progress is not None:
