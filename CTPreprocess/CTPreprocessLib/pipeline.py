@@ -232,8 +232,12 @@ def run_pipeline(image: sitk.Image, config: CTPipelineConfig, progress: Progress
             return out, {"padding_value": float(config.padding_value), "voxels": count, "filled_with": fill}
         current = steps.run("padding", "Filling padding outside the field of view", padding_step)
     if enabled["denoise"]:
-        current = steps.run("denoise", f"Denoising ({config.denoise})",
-                            lambda p: (denoise_mod.denoise(current, config, p), {"method": config.denoise}))
+        def denoise_step(p):
+            details = {"method": config.denoise}
+            if config.denoise == "anisotropic":  # ITK's stability limit may lower the time step
+                details["time_step"] = denoise_mod.stable_time_step(current, config.denoise_time_step)
+            return denoise_mod.denoise(current, config, p), details
+        current = steps.run("denoise", f"Denoising ({config.denoise})", denoise_step)
     if resampling:
         current = steps.run("resample", "Resampling", lambda p: _resample_step(current, config, p))
         zscore_mask, crop_mask = _follow_grid(zscore_mask, current), _follow_grid(crop_mask, current)
