@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,75 +47,6 @@ class CTLoadInfo:
         return asdict(self)
 
 
-def _dicom_header(path: str) -> sitk.ImageFileReader | None:
-    """Header-only reader of one file, or None when the file is not DICOM."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    # GDCM exposes DICOM tags as "gggg|eeee" keys; other formats have none.
-    return reader if reader.HasMetaDataKey("0008|0016") or reader.HasMetaDataKey("0008|0060") else None
-
-
-def _tag(reader: sitk.ImageFileReader | None, key: str) -> str | None:
-    if reader is None or not reader.HasMetaDataKey(key):
-        return None
-    value = reader.GetMetaData(key).strip()
-    return value or None
-
-
-def _float_tag(reader, key: str) -> float | None:
-    value = _tag(reader, key)
-    try:
-        return float(value.split("\\")[0]) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _looks_like_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _series_files(folder: str, series_id: str | None) -> list[str]:
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id if series_id is not None else ids[0]))
-
-
-def _series_header(folder: str, series_id: str | None, n_read: int) -> sitk.ImageFileReader | None:
-    """Header of one file of the series, after checking that GDCM left no DICOM file out.
-
-    Why: GDCM silently skips files it cannot parse, so a truncated slice would just vanish from the volume.
-    Counting files with the DICOM preamble is cheap; the folder is listed by series only when counts differ.
-    """
-    dicom_files = [
-        p for p in sorted(Path(folder).iterdir())
-        if p.is_file() and p.name.upper() != "DICOMDIR" and _looks_like_dicom_file(p)
-    ]
-    if len(dicom_files) > n_read:
-        listed = {
-            os.path.realpath(f)
-            for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-            for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, sid)
-        }
-        skipped = [p.name for p in dicom_files if os.path.realpath(p) not in listed]
-        if skipped:
-            shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-            raise InputError(
-                f"{len(skipped)} DICOM file(s) in '{folder}' could not be read as part of the series "
-                f"(corrupt or truncated?): {shown}. Remove or replace them; the volume would have missing slices."
-            )
-    if series_id is None and dicom_files:
-        return _dicom_header(str(dicom_files[0]))  # one series in the folder: any of its files
-    return _dicom_header(_series_files(folder, series_id)[0])
-
-
 def _rescale_message(slope: float | None, intercept: float | None, kind: str) -> tuple[bool, str]:
     if slope is None and intercept is None:
         where = "DICOM header" if kind.startswith("dicom") else "file"
@@ -128,9 +58,8 @@ def _rescale_message(slope: float | None, intercept: float | None, kind: str) ->
     return False, f"Converted stored values to HU with slope {slope:g}, intercept {intercept:g}."
 
 
-def _padding(image: sitk.Image, header, slope, intercept) -> tuple[float | None, int]:
+def _padding(image: sitk.Image, stored: float | None, slope, intercept) -> tuple[float | None, int]:
     """DICOM PixelPaddingValue (e.g. -2000 outside the circular field of view) in HU, and how many voxels carry it."""
-    stored = _float_tag(header, "0028|0120")
     if stored is None:
         return None, 0
     value = stored * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
@@ -212,19 +141,8 @@ def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: boo
     label map, and DICOM modality CT. `validate=False` only reads (for `prostateai info`).
     """
     image, source = read_image_with_source(path, series_id)
-    if source.kind == "dicom-series":
-        header = _series_header(source.path, series_id, source.n_files)
-    else:
-        header = _dicom_header(str(path))
-    modality, slope, intercept, rescale_type = source.modality, source.rescale_slope, source.rescale_intercept, source.rescale_type
-    kind = source.kind
-    if header is not None:
-        # ImageSource misses the tags of single DICOM files; read them from the header ourselves.
-        kind = "dicom-series" if source.kind == "dicom-series" else "dicom-file"
-        modality = modality or _tag(header, "0008|0060")
-        slope = slope if slope is not None else _float_tag(header, "0028|1053")
-        intercept = intercept if intercept is not None else _float_tag(header, "0028|1052")
-        rescale_type = rescale_type or _tag(header, "0028|1054")
+    kind, modality = source.kind, source.modality
+    slope, intercept, rescale_type = source.rescale_slope, source.rescale_intercept, source.rescale_type
     if validate and modality is not None and modality.upper() != "CT":
         hint = " Use MR standardisation for MR images." if modality.upper() == "MR" else ""
         raise InputError(
@@ -232,7 +150,7 @@ def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: boo
             f"in Hounsfield units.{hint}"
         )
     already_hu, message = _rescale_message(slope, intercept, kind)
-    padding_hu, padding_voxels = _padding(image, header, slope, intercept)
+    padding_hu, padding_voxels = _padding(image, source.pixel_padding_value, slope, intercept)
     if padding_voxels:
         message += (
             f" {padding_voxels} voxels ({100.0 * padding_voxels / np.prod(image.GetSize()):.1f} %) are padding "

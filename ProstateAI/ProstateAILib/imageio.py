@@ -32,6 +32,7 @@ class ImageSource:
     rescale_intercept: float | None = None
     rescale_type: str | None = None
     series_description: str | None = None
+    pixel_padding_value: float | None = None  # DICOM PixelPaddingValue, as stored (before rescale)
     n_files: int = 1
     notes: list[str] = field(default_factory=list)
 
@@ -52,14 +53,67 @@ def suffix_of(path: str | os.PathLike) -> str:
 
 
 def _dicom_tag(reader, tag: str):
-    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else None
+    if not reader.HasMetaDataKey(tag):
+        return None
+    return reader.GetMetaData(tag).strip() or None
 
 
 def _float_or_none(value):
     try:
-        return float(value) if value not in (None, "") else None
+        # Multi-valued DICOM strings ("40\\300") keep their first value.
+        return float(value.split("\\")[0]) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def _is_dicom_header(reader: sitk.ImageFileReader) -> bool:
+    # GDCM exposes DICOM tags as "gggg|eeee" keys; other formats have none. (GetImageIO() is empty
+    # when the IO was picked automatically, so it cannot tell.)
+    return reader.HasMetaDataKey("0008|0016") or reader.HasMetaDataKey("0008|0060")
+
+
+def _fill_dicom_fields(source: "ImageSource", header: sitk.ImageFileReader) -> None:
+    source.modality = _dicom_tag(header, "0008|0060")
+    source.rescale_slope = _float_or_none(_dicom_tag(header, "0028|1053"))
+    source.rescale_intercept = _float_or_none(_dicom_tag(header, "0028|1052"))
+    source.rescale_type = _dicom_tag(header, "0028|1054")
+    source.series_description = _dicom_tag(header, "0008|103e")
+    source.pixel_padding_value = _float_or_none(_dicom_tag(header, "0028|0120"))
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _require_no_skipped_files(folder: str, n_read: int) -> None:
+    """Raise when GDCM silently left DICOM files of the folder out of every series.
+
+    Why: GDCM skips files it cannot parse, so a truncated slice would just vanish from the volume.
+    Counting files with the DICOM preamble is cheap; the series are listed only when counts differ.
+    """
+    dicom_files = [
+        p for p in sorted(Path(folder).iterdir())
+        if p.is_file() and p.name.upper() != "DICOMDIR" and _has_dicom_preamble(p)
+    ]
+    if len(dicom_files) <= n_read:
+        return
+    listed = {
+        os.path.realpath(f)
+        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+        for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, sid)
+    }
+    skipped = [p.name for p in dicom_files if os.path.realpath(p) not in listed]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        raise InputError(
+            f"{len(skipped)} DICOM file(s) in '{folder}' could not be read as part of any series "
+            f"(corrupt or truncated?): {shown}. Remove or replace them; the volume would have missing slices."
+        )
 
 
 def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> tuple[sitk.Image, ImageSource]:
@@ -77,10 +131,9 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
     elif series_id not in series_ids:
         raise InputError(f"DICOM series '{series_id}' is missing from '{folder}'.")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id)
+    _require_no_skipped_files(folder, len(files))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    reader.LoadPrivateTagsOff()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -91,16 +144,8 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
         header.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"Corrupt DICOM file '{files[0]}': {_first_line(exc)}") from exc
-    source = ImageSource(
-        path=folder,
-        kind="dicom-series",
-        modality=_dicom_tag(header, "0008|0060"),
-        rescale_slope=_float_or_none(_dicom_tag(header, "0028|1053")),
-        rescale_intercept=_float_or_none(_dicom_tag(header, "0028|1052")),
-        rescale_type=_dicom_tag(header, "0028|1054"),
-        series_description=_dicom_tag(header, "0008|103e"),
-        n_files=len(files),
-    )
+    source = ImageSource(path=folder, kind="dicom-series", n_files=len(files))
+    _fill_dicom_fields(source, header)
     return image, source
 
 
@@ -124,14 +169,10 @@ def read_image_with_source(path: str | os.PathLike, series_id: str | None = None
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"Could not read '{path}': {_first_line(exc)}") from exc
-    is_dicom = reader.GetImageIO() == "GDCMImageIO"
-    source = ImageSource(path=str(path), kind="dicom-file" if is_dicom else "file")
-    if is_dicom:
-        source.modality = _dicom_tag(reader, "0008|0060")
-        source.rescale_slope = _float_or_none(_dicom_tag(reader, "0028|1053"))
-        source.rescale_intercept = _float_or_none(_dicom_tag(reader, "0028|1052"))
-        source.rescale_type = _dicom_tag(reader, "0028|1054")
-        source.series_description = _dicom_tag(reader, "0008|103e")
+    source = ImageSource(path=str(path), kind="file")
+    if _is_dicom_header(reader):
+        source.kind = "dicom-file"
+        _fill_dicom_fields(source, reader)
     return image, source
 
 
