@@ -319,6 +319,14 @@ def test_bspline_on_top_of_rigid(t2, adc, gland, tmp_path):
     point = reg._mask_centroid(gland)
     assert np.allclose(composite.TransformPoint(point), linear.TransformPoint(bspline.TransformPoint(point)))
     assert result.gradient_correlation_after >= result.gradient_correlation_before
+    # The warp is smooth over the whole T2 field of view (no step at a BSpline domain edge) and
+    # fades out far from the gland. Sampled on a 2 mm grid.
+    coarse = sitk.BinShrink(t2, [4, 4, 1])
+    field = sitk.TransformToDisplacementField(bspline, sitk.sitkVectorFloat64, coarse.GetSize(), coarse.GetOrigin(),
+                                              coarse.GetSpacing(), coarse.GetDirection())
+    shift = sitk.GetArrayFromImage(field)  # (z, y, x, 3) in mm
+    assert max(np.abs(np.diff(shift, axis=axis)).max() for axis in (1, 2)) < 1.0  # per 2 mm step
+    assert np.linalg.norm(shift[:, :3, :3], axis=-1).max() < 0.1  # image corner, far from the gland
     back = sitk.ReadTransform(str(reg.save_transform(composite, tmp_path / "bspline.h5")))
     assert point_errors(back, composite, surface_points(gland, step=50)).max() < 1e-9
 

@@ -392,21 +392,25 @@ def _unwrap(transform: sitk.Transform) -> sitk.Transform:
     return transform.Downcast()
 
 
-def _bspline_domain(setup: _Setup) -> sitk.Image:
-    """Where the BSpline grid lies: the metric mask's bounding box, or the whole working image.
+def _bspline_mesh(setup: _Setup, mesh_size) -> list[int]:
+    """Mesh over the whole working image with `mesh_size` intervals across the metric region.
 
-    Why: control points outside the sampled region get no gradient and only waste parameters;
-    covering just the region gives the mesh its full resolution where it matters.
+    Why: a BSpline transform is zero outside its domain, so a domain cut to the region leaves a
+    visible step in the warped image at the domain's edge (seen in the check PNG). Covering the
+    whole image with the region's control-point spacing keeps the resolution where the samples
+    are; control points away from the region get no gradient, stay 0, and the warp fades out.
     """
+    mesh = [int(m) for m in mesh_size]
     if setup.mask is None:
-        return setup.fixed
-    index, size = _bounding_roi(setup.fixed, setup.mask, margin_mm=0.0)
-    return sitk.RegionOfInterest(setup.fixed, size, index)
+        return mesh
+    _, region = _bounding_roi(setup.fixed, setup.mask, margin_mm=0.0)
+    whole = setup.fixed.GetSize()
+    return [max(m, int(math.ceil(m * n / max(r, 1)))) for m, n, r in zip(mesh, whole, region)]
 
 
 def _run_bspline(setup: _Setup, linear: sitk.Transform, mesh_size) -> tuple[sitk.Transform, str]:
     """BSpline stage on top of the linear result: optimise only the BSpline, then compose."""
-    bspline = sitk.BSplineTransformInitializer(_bspline_domain(setup), [int(m) for m in mesh_size], order=3)
+    bspline = sitk.BSplineTransformInitializer(setup.fixed, _bspline_mesh(setup, mesh_size), order=3)
     method = _method(setup, setup.iterations, bspline=True)
     method.SetMovingInitialTransform(linear)
     method.SetInitialTransform(bspline, inPlace=True)
