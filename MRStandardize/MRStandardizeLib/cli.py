@@ -1,9 +1,9 @@
 """MR sub-commands of `prostateai`: n4, nyul (fit / apply), normalize, denoise (+ register, added separately).
 
-Each sub-command is added by its own small `add_*` function listed in COMMANDS; the registration
-sub-command is added the same way (append its `add_register` to COMMANDS). Inputs are a DICOM
-folder or a NIfTI / NRRD / MHA file; every output is written atomically and only after all the
-work succeeded, so an error or a cancel leaves no output file behind.
+Each sub-command is added by its own small function listed in COMMANDS (registration's is
+`_register_registration`). Inputs are a DICOM folder or a NIfTI / NRRD / MHA file; every output
+is written atomically and only after all the work succeeded, so an error or a cancel leaves no
+output file behind.
 """
 
 from __future__ import annotations
@@ -281,13 +281,12 @@ def _register_registration(subparsers) -> None:
 
     p.set_defaults(func=run)
 
-# Sub-commands, in help order. Registration (MRStandardizeLib/registration.py) adds its own
-# `add_register(subparsers)` here.
-COMMANDS = [add_n4, add_nyul, add_normalize, add_denoise]
+
+# Sub-commands, in help order: one small `add_*(subparsers)` function each.
+COMMANDS = [add_n4, add_nyul, add_normalize, add_denoise, _register_registration]
 
 
 def register(subparsers) -> None:
     """Add the MR sub-commands to the `prostateai` parser."""
     for add in COMMANDS:
         add(subparsers)
-    _register_registration(subparsers)
