@@ -179,3 +179,28 @@ def test_histogram_png(tmp_path, cohort, fitted):
     model, outs = fitted
     path = nyul.save_histograms_png(images, outs, tmp_path / "hist.png", model.standard_landmarks, labels=CASES)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_float_images_match_reference(cohort):
+    """N4 output is float32: the non-histogram path agrees with the reference too."""
+    inorm = pytest.importorskip("intensity_normalization")
+    from intensity_normalization.adapters.images import NumpyImageAdapter
+
+    images, _ = cohort
+    floats = [sitk.Cast(img, sitk.sitkFloat32) * 1.37 + 0.25 for img in images[1:4]]
+    model = nyul.fit(floats)
+    adapted = [NumpyImageAdapter(sitk.GetArrayFromImage(img)) for img in floats]
+    reference = inorm.NyulNormalizer().fit_population(adapted)
+    np.testing.assert_allclose(model.standard_landmarks, reference.standard_scale, rtol=1e-5)
+    ours = sitk.GetArrayFromImage(nyul.apply(floats[0], model))
+    theirs = reference.transform(adapted[0]).get_data()
+    assert np.max(np.abs(ours - theirs)) <= 1e-5 * np.max(np.abs(theirs))
+
+
+def test_shift_positive_moves_negative_images_to_zero(cohort):
+    images, _ = cohort
+    negative = images[1] - 300  # int16 with values down to -300
+    config = nyul.NyulConfig(shift_positive=True)
+    np.testing.assert_array_equal(nyul.landmarks(negative, config=config), nyul.landmarks(images[1]))
+    with pytest.raises(InputError, match="no foreground voxel|no voxel > 0"):
+        nyul.landmarks(sitk.Cast(images[1], sitk.sitkFloat32) * -1.0)

@@ -61,6 +61,9 @@ SIMPLEITK_DEFAULTS = N4Settings(shrink_factor=1)
 #   per iteration), so the preview's iteration count follows from its time budget.
 PREVIEW_VOXEL_ITERATIONS = 1_000_000  # ~2 s of N4 iterations; ProstateX T2 (96x96x19 shrunk): 5
 PREVIEW_ITERATION_RANGE = (3, 50)
+# Bench (2-core machine, one run): ProstateX-0000 T2 preview 1.9 s (5 iterations, r 0.932), full 18.8 s
+# (r 0.9986), SimpleITK defaults at shrink 4 39.3 s (r 0.9972); PROMISE12 case38 preview 2.1 s
+# (26 iterations, r 0.965), full 7.3 s (r 0.994), SimpleITK defaults at shrink 4 6.6 s (r 0.983).
 PRESETS = {
     "preview": N4Settings(shrink_factor=4, iterations=None, control_points=(11, 11, 11)),
     "full": N4Settings(shrink_factor=2, iterations=(20,), control_points=(11, 11, 11),
@@ -74,7 +77,7 @@ class N4Result:
     bias_field: sitk.Image  # float32, input grid: exp(log bias field), > 0
     mask: sitk.Image  # uint8 0/1 mask the field was fitted in (input grid)
     seconds: float
-    iterations: list[int]  # iterations run at each fitting level
+    iterations: list[int]  # iterations run at each fitting level (coarse stage first, if any)
     settings: N4Settings
     shrink_factors: tuple[int, ...] = field(default=())
 

@@ -127,8 +127,10 @@ def landmarks(image: sitk.Image, mask: sitk.Image | None = None, config: NyulCon
 def _prepared_array(image: sitk.Image, config: NyulConfig) -> np.ndarray:
     array = checked_array(image)
     if config.shift_positive and array.min() < 0:
-        # Shift so the darkest voxel is 0 (then "> 0" drops only the darkest voxels).
-        return array.astype(np.float64) - float(array.min()) if not is_integer_array(array) else array.astype(np.int64) - int(array.min())
+        # Shift so the darkest voxel is 0 (then "> 0" drops only the darkest voxels); integers stay
+        # integers so the fast histogram path still applies.
+        wide = np.int64 if is_integer_array(array) else np.float64
+        return array.astype(wide) - array.min().astype(wide)
     return array
 
 
