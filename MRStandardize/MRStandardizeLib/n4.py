@@ -47,9 +47,6 @@ class N4Settings:
     coarse_iterations: tuple[int, ...] = (50,)
 
 
-# SimpleITK's N4 defaults (the reference the presets are measured against: shrink 1).
-SIMPLEITK_DEFAULTS = N4Settings(shrink_factor=1)
-
 # Chosen by measurement against SimpleITK's defaults at shrink 1 (bench.py; ProstateX-0000 T2 and
 # PROMISE12 case38, Pearson r of the bias fields inside the Otsu foreground):
 # - SimpleITK's 4 levels from 4 control points end on an 11-point mesh ((4 - 3) * 2^3 + 3); fitting
