@@ -22,8 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Benchmarks time ours against the reference in the same run and print ratios (not part of the tests).
 bench: $(STAMP)
 	$(PY) -m CTPreprocessLib.bench
+	$(PY) -m MRStandardizeLib.bench
+	$(PY) -m MRStandardizeLib.registration_bench
 
 clean:
 	rm -rf $(VENV) demo-output bench-output
