@@ -12,8 +12,8 @@ Design choices (why):
   the two coarser decoder levels with weights 1, 1/2, 1/4.
 - AdamW with linear warm-up and polynomial decay: converges in a few thousand CPU iterations.
 - Checkpoint selection on validation Dice computed like deployment: whole-volume sliding window
-  on the working grid, probabilities resampled back to the ORIGINAL grid, Dice against the
-  original mask.
+  on the working grid, probabilities resampled back to the ORIGINAL grid, largest connected
+  component, Dice against the original mask (the raw argmax Dice is logged too).
 """
 
 from __future__ import annotations
@@ -157,7 +157,11 @@ def load_model(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, 
 # ---------------------------------------------------------------- validation
 
 def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device) -> dict:
-    """Whole-volume Dice per case on the ORIGINAL grid (mean over foreground labels)."""
+    """Whole-volume Dice per case on the ORIGINAL grid (mean over foreground labels).
+
+    Returns {case: {"raw": argmax Dice, "lcc": Dice after keeping each label's largest connected
+    component}}; "lcc" is what deployment produces, so checkpoints are selected on it.
+    """
     model.eval()
     per_case = {}
     for case in cases:
@@ -166,7 +170,9 @@ def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device)
         pred = probs.argmax(0)
         truth = ds.sitk.GetArrayViewFromImage(case.original)
         labels = range(1, probs.shape[0])
-        per_case[case.name] = float(np.mean([metrics.dice(pred == k, truth == k) for k in labels]))
+        raw = [metrics.dice(pred == k, truth == k) for k in labels]
+        lcc = [metrics.dice(inference.keep_largest_component(pred == k), truth == k) for k in labels]
+        per_case[case.name] = {"raw": float(np.mean(raw)), "lcc": float(np.mean(lcc))}
     model.train()
     return per_case
 
@@ -177,7 +183,8 @@ def write_history(history: list[dict], out: Path) -> None:
     if not history:
         return
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0].keys()))
+    fields = list(dict.fromkeys(key for row in history for key in row))  # runs resumed across versions
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(history)
     write_text(buffer.getvalue(), out / "history.csv")
@@ -197,8 +204,11 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax1.set_ylabel("train loss", color="b")
     ax2 = ax1.twinx()
     val = [(h["epoch"], h["val_dice"]) for h in history if h["val_dice"] != ""]
+    raw = [(h["epoch"], h["val_dice_raw"]) for h in history if h.get("val_dice_raw", "") != ""]
     if val:
-        ax2.plot(*zip(*val), "r.-", label="validation Dice")
+        ax2.plot(*zip(*val), "r.-", label="validation Dice (largest component)")
+    if raw:
+        ax2.plot(*zip(*raw), "r:", alpha=0.6, label="validation Dice (raw argmax)")
     ax2.set_ylabel("validation Dice", color="r")
     ax2.set_ylim(0, 1)
     fig.suptitle("ProstateAI segmentation training")
@@ -294,11 +304,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
             if progress is not None and (it + 1) % 10 == 0:
                 progress((step + 1) / total_iterations, f"epoch {epoch}/{cfg.epochs} iteration {it + 1}/{cfg.iterations}")
         train_seconds = time.time() - t0
-        val_dice, per_case, val_seconds = "", {}, 0.0
+        val_dice, val_raw, per_case, val_seconds = "", "", {}, 0.0
         if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             t1 = time.time()
             per_case = validate(model, val_cases, cfg.patch, cfg.val_overlap, device)
-            val_dice = float(np.mean(list(per_case.values())))
+            val_dice = float(np.mean([d["lcc"] for d in per_case.values()]))
+            val_raw = float(np.mean([d["raw"] for d in per_case.values()]))
             val_seconds = time.time() - t1
         score = val_dice if val_dice != "" else (None if val_cases else -float(np.mean(losses)))
         improved = score is not None and score > best["dice"]
@@ -311,7 +322,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
             save_model(model, meta, out / "model.pt")
         history.append({
             "epoch": epoch, "iterations": epoch * cfg.iterations, "train_loss": round(float(np.mean(losses)), 5),
-            "val_dice": round(val_dice, 5) if val_dice != "" else "", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
+            "val_dice": round(val_dice, 5) if val_dice != "" else "",
+            "val_dice_raw": round(val_raw, 5) if val_raw != "" else "", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
             "train_seconds": round(train_seconds, 1), "val_seconds": round(val_seconds, 1),
             "best": int(improved),
         })
@@ -323,7 +335,7 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
         }, out / "last.pt")
         write_history(history, out)
         message = (f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.4f} "
-                   + (f"val Dice {val_dice:.4f} " if val_dice != "" else "")
+                   + (f"val Dice {val_dice:.4f} (raw {val_raw:.4f}) " if val_dice != "" else "")
                    + (f"(best {best['dice']:.4f} @ {best['epoch']}) " if best["epoch"] else "(not validated yet) ")
                    + f"lr {optimizer.param_groups[0]['lr']:.2e} "
                    + f"{train_seconds:.0f} s + val {val_seconds:.0f} s")
