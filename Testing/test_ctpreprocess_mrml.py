@@ -127,7 +127,6 @@ def test_bundled_sample_self_test(mrml_scene, ct, monkeypatch, repo_root):
 
     monkeypatch.setattr(slicer.util, "loadVolume", load_volume, raising=False)
     test = ct.CTPreprocessTest()
-    test.delayDisplay = lambda message, *args, **kwargs: None
     test.runTest()
     outputs = [n for n in volume_nodes(mrml_scene) if n.GetName() == "sample_ct_abdomen_pelvis preprocessed"]
     assert len(outputs) == 1

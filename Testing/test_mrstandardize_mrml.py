@@ -204,9 +204,9 @@ def test_cancel_full_quality_n4_job(mrml_scene, logic, prostatex):
     job.cancel()
 
     assert job.state == "cancelled"
-    assert job._process.poll() is not None  # the child has exited and was reaped
+    assert not job.is_alive()  # the child has exited and was reaped
     with pytest.raises(ProcessLookupError):
-        os.killpg(job._process.pid, 0)  # and its whole process group is gone
+        os.killpg(job.pid, 0)  # and its whole process group is gone
     assert not any(os.path.exists(path) for path in outputs)
     with pytest.raises(MRStandardize.Cancelled):
         logic.finishN4Job(job, tempdir, node)
@@ -399,8 +399,6 @@ def test_parameter_defaults_map_to_settings(mr, logic):
 
 def test_module_self_test_runs_headless(mrml_scene, mr):
     """The in-Slicer self-test (synthetic volumes) passes on the real scene; delayDisplay only logs there."""
-    messages = []
     test = mr.MRStandardizeTest()
-    test.delayDisplay = messages.append
     test.runTest()
-    assert messages[-1] == "Test passed"
+    assert test.displayedMessages[-1] == "Test passed"

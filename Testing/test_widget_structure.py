@@ -151,7 +151,9 @@ def test_ui_is_a_designer_file(module):
         and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
         and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
-    mrml_widgets = {name for name, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    mrml_widgets = {
+        name for name, w in widgets.items() if w.get("class") in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")
+    }
     assert mrml_widgets, "expected node selectors"
     assert mrml_widgets <= scene_receivers, f"node selectors without the scene: {mrml_widgets - scene_receivers}"
     for name in mrml_widgets:

@@ -39,6 +39,14 @@ class Job:
         self._reader: threading.Thread | None = None
         self._cancelled = False
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the child (also its process-group id), None before start()."""
+        return self._process.pid if self._process is not None else None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> "Job":
         env = dict(os.environ if self._env is None else self._env)
         self._process = subprocess.Popen(

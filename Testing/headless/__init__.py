@@ -9,6 +9,7 @@ checked structurally against the .ui files instead.
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
@@ -39,7 +40,10 @@ class ScriptedLoadableModuleLogic:
 
 
 class ScriptedLoadableModuleTest:
-    pass
+    def delayDisplay(self, message, msec=None):
+        """In Slicer this shows the message for a while; headless it is only logged (and kept for tests)."""
+        self.displayedMessages = getattr(self, "displayedMessages", []) + [message]
+        logging.info(message)
 
 
 def parameterNodeWrapper(cls):
