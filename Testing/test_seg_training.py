@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from ProstateAILib import cli, dataset, preprocess, train
+from MRStandardizeLib.normalize import normalize
 from ProstateAILib.errors import InputError
 
 pytestmark = pytest.mark.data
@@ -83,9 +84,7 @@ def test_normalisation_uses_mrstandardize(promise12_data):
     image = sitk.ReadImage(str(promise12_data / "case13_t2.nii.gz"))
     ours = preprocess.normalize_channel(image)
     assert np.percentile(ours, 1) == pytest.approx(0, abs=1e-4) and np.percentile(ours, 99) == pytest.approx(1, abs=1e-4)
-    np.testing.assert_allclose(preprocess.percentile_normalize(sitk.GetArrayFromImage(image)), ours, atol=1e-5)
-    norm = pytest.importorskip("MRStandardizeLib.normalize")
-    np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(norm.normalize(image, "percentile")))
+    np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(normalize(image, "percentile")))
     zeros = image * 0  # a missing (zero-filled) channel stays zero instead of failing
     assert not preprocess.normalize_channel(zeros).any()
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from MRStandardizeLib.normalize import normalize
+
 from .errors import InputError
 
 WORKING_SPACING = (1.5, 1.5, 3.6)  # mm, SimpleITK (x, y, z) order
@@ -47,18 +49,6 @@ def metadata(spacing=WORKING_SPACING, percentiles=PERCENTILES) -> dict:
     }
 
 
-def percentile_normalize(array: np.ndarray, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
-    """(I - p_low) / (p_high - p_low) as float32: the local stand-in for MRStandardize's
-    percentile normalisation, used only when MRStandardizeLib.normalize cannot be imported."""
-    array = np.asarray(array, dtype=np.float32)
-    p_low, p_high = np.percentile(array, [low, high])
-    if not p_high > p_low:
-        p_low, p_high = float(array.min()), float(array.max())
-        if not p_high > p_low:
-            return np.zeros_like(array)
-    return (array - np.float32(p_low)) / np.float32(p_high - p_low)
-
-
 def normalize_channel(image: sitk.Image, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
     """Per-case percentile normalisation of one channel -> float32 array (z, y, x).
 
@@ -68,10 +58,6 @@ def normalize_channel(image: sitk.Image, low: float = PERCENTILES[0], high: floa
     array = sitk.GetArrayViewFromImage(image)
     if array.size == 0 or array.min() == array.max():
         return np.zeros(array.shape, np.float32)
-    try:
-        from MRStandardizeLib.normalize import normalize
-    except ImportError:  # MRStandardize not installed: same formula, locally
-        return percentile_normalize(array, low, high)
     out = normalize(image, "percentile", low_percentile=low, high_percentile=high)
     return sitk.GetArrayFromImage(out).astype(np.float32, copy=False)
 
