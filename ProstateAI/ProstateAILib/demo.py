@@ -15,6 +15,7 @@ from pathlib import Path
 # (name, module path): each has run(out_dir) -> dict summary
 DEMOS = (
     ("CT preprocessing", "CTPreprocessLib.demo"),
+    ("MR standardisation (N4, Nyul, ADC -> T2 registration)", "MRStandardizeLib.demo"),
 )
 
 
