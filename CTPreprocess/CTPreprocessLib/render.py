@@ -24,7 +24,7 @@ from .window import histogram, validate_window
 
 AXES = ("axial", "coronal", "sagittal")
 # Letters at the left/right and top/bottom edges of each view.
-_EDGE_LABELS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
+EDGE_LABELS = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
 
 
 def to_lps(image: sitk.Image) -> sitk.Image:
@@ -92,7 +92,7 @@ def save_slice_png(image: sitk.Image, path: str | os.PathLike, lo: float, hi: fl
     ax = fig.add_axes((0, 0, 1, image_height / (image_height + title_px)))
     ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
-    left, right, top, bottom = _EDGE_LABELS[axis]
+    left, right, top, bottom = EDGE_LABELS[axis]
     style = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}
     ax.text(0.01, 0.5, left, ha="left", va="center", **style)
     ax.text(0.99, 0.5, right, ha="right", va="center", **style)

@@ -230,7 +230,7 @@ def save_n4_png(before: sitk.Image, after: sitk.Image, bias_field: sitk.Image, p
 
 
 def _edge_letters(ax) -> None:
-    left, right, top, bottom = render._EDGE_LABELS["axial"]  # same letters as the CT previews
+    left, right, top, bottom = render.EDGE_LABELS["axial"]  # same letters as the CT previews
     style = {"color": "yellow", "fontsize": 10, "fontweight": "bold", "transform": ax.transAxes}
     ax.text(0.01, 0.5, left, ha="left", va="center", **style)
     ax.text(0.99, 0.5, right, ha="right", va="center", **style)
