@@ -1,20 +1,46 @@
-"""ProstateAI: Slicer module for deep-learning prostate segmentation on T2-weighted MRI.
+"""ProstateAI: Slicer module for deep-learning prostate gland and zone segmentation on T2-weighted MRI.
 
-The computation lives in the GUI-free `ProstateAILib` (with `ProstateAIMRML` as the MRML glue shared
-by the extension's modules); this file holds the Slicer glue (module description, parameter node,
-widget built from Resources/UI/ProstateAI.ui, logic and self-test).
+The computation lives in the GUI-free `ProstateAILib` (`pipeline`: the gland → zones cascade shared
+with `prostateai segment`), with `ProstateAIMRML` as the MRML glue shared by the extension's modules.
+This file only holds the Slicer glue:
+
+- `ProstateAIParameterNode`: the module state, saved with the scene and bound to the .ui widgets.
+- `ProstateAIWidget`: thin GUI. Segment runs `prostateai segment` out of process
+  (`ProstateAILib.jobs.Job`), polled by a QTimer, with a progress bar and a real Cancel; the result
+  is loaded as a segmentation node (Prostate, PZ, TZ) on the T2.
+- `ProstateAILogic`: MRML glue (volume nodes <-> SimpleITK, in-process segmentation, job building and
+  result loading). Usable from the Python console and other modules without the GUI.
+- `ProstateAITest`: self-test on synthetic volumes (no model run, no data download).
 """
 
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Annotated
+
 import numpy as np
+import qt
+import SimpleITK as sitk
 import vtk
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.ScriptedLoadableModule import *  # noqa: F403
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-from ProstateAIMRML import describe_volume
+from ProstateAILib import models, pipeline
+from ProstateAILib.errors import Cancelled, InputError
+from ProstateAILib.imageio import validate_volume
+from ProstateAILib.jobs import Job
+from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node
+
+DEVICES = ("auto", "cpu", "cuda")
+SEGMENT_NAMES = tuple(entry[0] for entry in pipeline.SEGMENTS)  # Prostate, PZ, TZ
 
 #
 # ProstateAI
@@ -29,13 +55,18 @@ class ProstateAI(ScriptedLoadableModule):  # noqa: F405
         self.parent.dependencies = []
         self.parent.contributors = ["ProstateAI contributors"]
         self.parent.helpText = """
-Segment the prostate gland on axial T2-weighted MRI with a 3D convolutional network, after the
-MR standardisation of the MR Standardize module.
+Segment the prostate gland and its zones on axial T2-weighted MRI with 3D convolutional networks:
+the whole gland first, then the transition zone (TZ) from T2 and the gland; the peripheral zone (PZ)
+is the rest of the gland. ADC and high-b DWI are optional: they are checked against the T2 and
+resampled onto it. The result is a segmentation (Prostate, PZ, TZ) on the T2 grid, to review and
+correct in the Segment Editor. Segmentation runs in the background; Cancel stops it.
+Input volumes are never modified.
 See the <a href="https://github.com/prostateai/SlicerProstateAI">project page</a> for details.
 """
         self.parent.acknowledgementText = """
-Part of the ProstateAI extension. The models' training data and their attributions are listed on the
-project page.
+Part of the ProstateAI extension. Cascade after Pellicer-Valero O.J. et al., "Deep learning for fully
+automatic detection, segmentation, and Gleason grade estimation of prostate cancer in multiparametric
+MRI", Sci Rep 2022. The models' training data and their attributions are listed on the project page.
 """
 
 
@@ -46,7 +77,13 @@ project page.
 
 @parameterNodeWrapper
 class ProstateAIParameterNode:
+    """Module state. `inputVolume` is the T2; ADC and HBV are optional."""
+
     inputVolume: vtkMRMLScalarVolumeNode
+    adcVolume: vtkMRMLScalarVolumeNode
+    hbvVolume: vtkMRMLScalarVolumeNode
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    testTimeAugmentation: bool = True
 
 
 #
@@ -55,34 +92,58 @@ class ProstateAIParameterNode:
 
 
 class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+    """Thin GUI: state in the parameter node, work in ProstateAILogic, segmentation in a child process."""
+
+    POLL_INTERVAL_MS = 200
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._timer = None
+        self._job = None  # (Job, tempdir, T2 node, start time) of the running segmentation
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProstateAI.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        # The .ui connects the top-level mrmlSceneChanged signal to every node selector.
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = ProstateAILogic()
+        self.ui.progressBar.visible = False
+        self._fillModelComboBoxes()
+
+        # The job is polled from the GUI thread: the GUI never blocks on it.
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._pollJob)
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.glandModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
+        self.ui.zonesModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._discardRunningJob()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.setParameterNode(None)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._discardRunningJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -91,6 +152,10 @@ class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # no
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -99,12 +164,121 @@ class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # no
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            # Widgets in the .ui carry a "SlicerParameterName" dynamic property naming their parameter.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        self.ui.inputInfoLabel.text = describe_volume(self._parameterNode.inputVolume) if self._parameterNode else ""
+        p = self._parameterNode
+        if p is None:
+            return
+        self.ui.inputInfoLabel.text = describe_volume(p.inputVolume)
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        idle = self._job is None
+        hasModels = self.ui.glandModelComboBox.count > 0 and self.ui.zonesModelComboBox.count > 0
+        hasT2 = self._parameterNode is not None and self._parameterNode.inputVolume is not None
+        self.ui.segmentButton.enabled = idle and hasT2 and hasModels
+        self.ui.cancelButton.enabled = not idle
+
+    # -- models -------------------------------------------------------------------------------------
+
+    def _fillModelComboBoxes(self) -> None:
+        try:
+            choices = {task: self.logic.modelChoices(task) for task in ("gland", "zones")}
+        except InputError as error:
+            self.ui.statusLabel.text = str(error)
+            return
+        for task, comboBox in (("gland", self.ui.glandModelComboBox), ("zones", self.ui.zonesModelComboBox)):
+            comboBox.clear()
+            for name, description in choices[task]:
+                comboBox.addItem(name)
+                comboBox.setItemData(comboBox.count - 1, description, qt.Qt.ToolTipRole)
+        self._showModelInfo()
+
+    def _showModelInfo(self) -> None:
+        self.ui.modelInfoLabel.text = self.logic.describeModels(
+            self.ui.glandModelComboBox.currentText, self.ui.zonesModelComboBox.currentText
+        )
+
+    # -- segmentation job ---------------------------------------------------------------------------
+
+    def onSegment(self) -> None:
+        p = self._parameterNode
+        self.ui.statusLabel.text = ""
+        self.ui.timeLabel.text = ""
+        try:
+            job, tempdir = self.logic.startSegmentJob(
+                p.inputVolume, p.adcVolume, p.hbvVolume,
+                glandModel=self.ui.glandModelComboBox.currentText or None,
+                zonesModel=self.ui.zonesModelComboBox.currentText or None,
+                device=p.device, tta=p.testTimeAugmentation,
+            )
+        except InputError as error:
+            self._fail(str(error))
+            return
+        except Exception as error:  # unexpected: the traceback goes to the log, the user gets the message
+            logging.exception("ProstateAI: starting the segmentation failed")
+            self._fail(f"Starting the segmentation failed: {error}")
+            return
+        self._job = (job, tempdir, p.inputVolume, time.perf_counter())
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        self.ui.statusLabel.text = "Segmenting in the background..."
+        self._updateButtons()
+        self._timer.start()
+
+    def _pollJob(self) -> None:
+        if self._job is None:
+            self._timer.stop()
+            return
+        job, tempdir, t2Node, start = self._job
+        state = job.poll()
+        self.ui.progressBar.value = int(round(100 * job.progress))
+        if job.message:
+            self.ui.statusLabel.text = job.message
+        if state == "running":
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.progressBar.visible = False
+        self._finishJob(job, tempdir, t2Node, time.perf_counter() - start)
+        self._updateButtons()
+
+    def _finishJob(self, job, tempdir: str, t2Node, seconds: float) -> None:
+        try:
+            segmentationNode, report = self.logic.finishSegmentJob(job, tempdir, t2Node)
+        except Cancelled:
+            self.ui.statusLabel.text = "Cancelled: nothing was added to the scene."
+            return
+        except InputError as error:
+            self._fail(str(error))
+            return
+        except Exception as error:
+            logging.exception("ProstateAI: loading the segmentation failed")
+            self._fail(f"Loading the segmentation failed: {error}")
+            return
+        self.logic.showSegmentation(segmentationNode, t2Node)
+        self.ui.statusLabel.text = f"'{segmentationNode.GetName()}': {self.logic.describeReport(report)}"
+        self.ui.timeLabel.text = f"Segmentation: {seconds:.1f} s"
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job[0].cancel()  # the next poll sees "cancelled" and cleans up
+            self.ui.statusLabel.text = "Cancelling..."
+
+    def _discardRunningJob(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if self._job is not None:
+            self.logic.discardJob(self._job[0], self._job[1])
+            self._job = None
+
+    def _fail(self, message: str) -> None:
+        self.ui.statusLabel.text = message
+        slicer.util.errorDisplay(message)
 
 
 #
@@ -113,11 +287,260 @@ class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # no
 
 
 class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
+    """MRML glue around ProstateAILib.pipeline; usable from the Python console and other modules."""
+
+    REPORT_ATTRIBUTE = "ProstateAI.Report"  # JSON report of the run that made a segmentation node
+    SOURCE_ATTRIBUTE = "ProstateAI.Source"  # ID of the T2 volume a segmentation was computed from
+    SEGMENTATION_FILE = "segmentation.seg.nrrd"
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
+        self.lastReport = None
 
     def getParameterNode(self):
         return ProstateAIParameterNode(super().getParameterNode())
+
+    # -- inputs -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _imageOf(node, what: str) -> sitk.Image:
+        """A validated SimpleITK copy of a volume node (exact geometry, LPS)."""
+        if node is None:
+            raise InputError(f"Select the {what}.")
+        if node.GetImageData() is None:
+            raise InputError(f"The {what} '{node.GetName()}' has no voxel data.")
+        if node.GetTransformNodeID():
+            raise InputError(f"The {what} '{node.GetName()}' is under a transform; harden or remove it first.")
+        if node.GetImageData().GetNumberOfScalarComponents() != 1:
+            raise InputError(f"The {what} '{node.GetName()}' has several components per voxel; "
+                             "a scalar MR volume is needed.")
+        image = image_from_volume_node(node)
+        validate_volume(image, f"{what} '{node.GetName()}'")
+        return image
+
+    def _inputImages(self, t2Node, adcNode=None, hbvNode=None) -> tuple:
+        t2 = self._imageOf(t2Node, "T2 volume")
+        extra = {}
+        for name, node in (("ADC", adcNode), ("HBV", hbvNode)):
+            if node is None:
+                continue
+            if node.GetID() == t2Node.GetID():
+                raise InputError(f"The {name} volume is the T2 volume; choose the {name} series or leave it empty.")
+            extra[name] = self._imageOf(node, f"{name} volume")
+        return t2, extra
+
+    # -- models -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def modelChoices(task: str) -> list:
+        """[(name, description)] of the catalog's models for `task` ("gland" or "zones"), default first."""
+        catalog = models.load_catalog()
+        return [(name, entry.get("description", "")) for name, entry in catalog.items() if entry.get("task") == task]
+
+    @staticmethod
+    def describeModels(glandModel: str, zonesModel: str) -> str:
+        """One line per selected model: version and validation Dice from the catalog."""
+        try:
+            catalog = models.load_catalog()
+        except InputError as error:
+            return str(error)
+        lines = []
+        for what, name in (("Gland", glandModel), ("Zones", zonesModel)):
+            entry = catalog.get(name)
+            if entry is None:
+                continue
+            dice = (entry.get("validation") or {}).get("mean_dice")
+            quality = f"validation Dice {dice:.2f}" if isinstance(dice, (int, float)) else "not validated"
+            lines.append(f"{what}: {name} v{entry.get('version', '?')} ({quality})")
+        return "\n".join(lines)
+
+    # -- in-process segmentation --------------------------------------------------------------------
+
+    def segment(self, t2Node, adcNode=None, hbvNode=None, glandModel=None, zonesModel=None, device="auto",
+                progress=None, tta=True, threads=None, name=None):
+        """Segment prostate, PZ and TZ on the T2 in this process; returns a new vtkMRMLSegmentationNode.
+
+        Inputs are converted to SimpleITK exactly (oblique geometry too) and never modified. The
+        segmentation is on the T2 grid, with the T2 as reference geometry; the run's report (volumes,
+        models, timings) is kept as the node's `ProstateAI.Report` attribute (JSON, see `reportOf`) and
+        as `self.lastReport`. Raises InputError (pipeline.NoProstateFound when there is no gland).
+        """
+        t2, extra = self._inputImages(t2Node, adcNode, hbvNode)
+        inputs = pipeline.prepare_inputs(t2, extra)
+        inputs.sources = {key: {"node": node.GetName(), "size": list(node.GetImageData().GetDimensions())}
+                          for key, node in (("T2", t2Node), ("ADC", adcNode), ("HBV", hbvNode)) if node is not None}
+        result = pipeline.segment(inputs, glandModel, zonesModel, device=device, tta=tta, progress=progress,
+                                  threads=threads)
+        node = self.addSegmentation(t2Node, result, name)
+        self._keepReport(node, t2Node, result.report)
+        return node
+
+    @staticmethod
+    def addSegmentation(t2Node, result, name=None):
+        """A new segmentation node (Prostate, PZ, TZ) from a pipeline.Result on the T2 node's grid."""
+        return add_segmentation_node(t2Node.GetScene(), t2Node, pipeline.label_layers(result), pipeline.SEGMENTS,
+                                     name or f"{t2Node.GetName()} segmentation")
+
+    def _keepReport(self, node, t2Node, report: dict) -> None:
+        node.SetAttribute(self.REPORT_ATTRIBUTE, json.dumps(report))
+        node.SetAttribute(self.SOURCE_ATTRIBUTE, t2Node.GetID())
+        self.lastReport = report
+
+    @classmethod
+    def reportOf(cls, segmentationNode) -> dict:
+        """The report of the run that made a segmentation node ({} when there is none)."""
+        text = segmentationNode.GetAttribute(cls.REPORT_ATTRIBUTE) if segmentationNode is not None else None
+        return json.loads(text) if text else {}
+
+    @staticmethod
+    def describeReport(report: dict) -> str:
+        """One line with the volumes: "Prostate 23.4 mL (PZ 5.5 mL, TZ 18.0 mL)"."""
+        volumes = report.get("volumes_ml") or {}
+        if not volumes:
+            return "no volumes reported"
+        return (f"Prostate {volumes.get('prostate', 0.0):.1f} mL (PZ {volumes.get('PZ', 0.0):.1f} mL, "
+                f"TZ {volumes.get('TZ', 0.0):.1f} mL)")
+
+    # -- out-of-process segmentation ----------------------------------------------------------------
+
+    def startSegmentJob(self, t2Node, adcNode=None, hbvNode=None, glandModel=None, zonesModel=None, device="auto",
+                        tta=True, threads=None):
+        """Start `prostateai segment` in a child process; returns (job, tempdir). Finish with finishSegmentJob.
+
+        The inputs are checked here (clear errors before anything starts) and written to NRRD files in
+        a fresh temporary folder; the command writes its outputs to `tempdir/out`.
+        """
+        t2, extra = self._inputImages(t2Node, adcNode, hbvNode)
+        tempdir = tempfile.mkdtemp(prefix="prostateai-segment-")
+        try:
+            files = {"T2": os.path.join(tempdir, "t2.nrrd")}
+            sitk.WriteImage(t2, files["T2"])
+            for key, image in extra.items():
+                files[key] = os.path.join(tempdir, f"{key.lower()}.nrrd")
+                sitk.WriteImage(image, files[key])
+        except Exception:
+            shutil.rmtree(tempdir, ignore_errors=True)
+            raise
+        args = ["segment", "--t2", files["T2"], "--out", os.path.join(tempdir, "out"), "--device", str(device)]
+        for key in ("ADC", "HBV"):
+            if key in files:
+                args += [f"--{key.lower()}", files[key]]
+        if glandModel:
+            args += ["--model", str(glandModel)]
+        if zonesModel:
+            args += ["--zones-model", str(zonesModel)]
+        if not tta:
+            args.append("--no-tta")
+        if threads:
+            args += ["--threads", str(int(threads))]
+        try:
+            return Job(args, python=self.jobPython(), env=self.jobEnvironment()).start(), tempdir
+        except OSError as error:
+            shutil.rmtree(tempdir, ignore_errors=True)
+            raise InputError(f"Could not start the background segmentation: {error}") from None
+
+    def finishSegmentJob(self, job, tempdir: str, t2Node, name=None):
+        """Load a finished job's segmentation.seg.nrrd with the T2 as reference; returns (node, report).
+
+        Raises Cancelled / InputError for a cancelled / failed job. The temporary folder is removed.
+        """
+        try:
+            state = job.poll()
+            if state == "running":
+                raise InputError("The segmentation is still running.")
+            if state == "cancelled":
+                raise Cancelled("The segmentation was cancelled.")
+            if state != "done":
+                raise InputError(self.jobErrorMessage(job))
+            out = os.path.join(tempdir, "out")
+            with open(os.path.join(out, "report.json")) as handle:
+                report = json.load(handle)
+            node = self.loadSegmentationFile(os.path.join(out, self.SEGMENTATION_FILE), t2Node,
+                                             name or f"{t2Node.GetName()} segmentation")
+            self._keepReport(node, t2Node, report)
+            return node, report
+        finally:
+            shutil.rmtree(tempdir, ignore_errors=True)
+
+    @staticmethod
+    def jobErrorMessage(job) -> str:
+        """The command's own one-line error ("prostateai segment: error: ...") without the prefix."""
+        message = job.error or f"exit status {job.returncode}"
+        marker = "error: "
+        return message.split(marker, 1)[1] if marker in message else f"The segmentation failed: {message}"
+
+    @staticmethod
+    def loadSegmentationFile(path: str, referenceNode, name: str):
+        """Read a .seg.nrrd into a new segmentation node with `referenceNode` as reference geometry.
+
+        In Slicer this is `slicer.util.loadSegmentation`; without the application's IO manager (tests
+        on a bare scene) the segmentation storage node reads it. The file is temporary, so the storage
+        node is dropped (saving the scene makes a new one).
+        """
+        scene = referenceNode.GetScene()
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "coreIOManager"):
+            try:
+                node = slicer.util.loadSegmentation(path, {"name": name})
+            except RuntimeError as error:
+                raise InputError(f"Could not read the segmentation file '{os.path.basename(path)}': {error}") from None
+        else:
+            node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+            storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+            try:
+                storage.SetFileName(path)
+                ok = storage.ReadData(node)
+            finally:
+                scene.RemoveNode(storage)
+            if not ok:
+                scene.RemoveNode(node)
+                raise InputError(f"Could not read the segmentation file '{os.path.basename(path)}'.")
+            node.CreateDefaultDisplayNodes()
+        if node.GetStorageNode() is not None:
+            scene.RemoveNode(node.GetStorageNode())
+        node.SetReferenceImageGeometryParameterFromVolumeNode(referenceNode)
+        segmentation = node.GetSegmentation()
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        if not set(SEGMENT_NAMES) <= names:
+            scene.RemoveNode(node)
+            raise InputError(f"The segmentation file has segments {sorted(names)}, expected {list(SEGMENT_NAMES)}.")
+        return node
+
+    @staticmethod
+    def jobPython() -> str:
+        """The Python that runs jobs: Slicer's PythonSlicer inside Slicer, else this interpreter."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def jobEnvironment() -> dict:
+        """This environment with the module folders on PYTHONPATH, so the child finds the Lib packages."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        parent = os.path.dirname(here)
+        folders = [here] + [os.path.join(parent, name) for name in ("MRStandardize", "CTPreprocess")]
+        paths = [f for f in folders if os.path.isdir(f)]
+        env = dict(os.environ)
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    @staticmethod
+    def discardJob(job, tempdir: str) -> None:
+        """Cancel a job if it still runs and remove its temporary folder."""
+        job.cancel()
+        shutil.rmtree(tempdir, ignore_errors=True)
+
+    # -- display ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def showSegmentation(segmentationNode, t2Node) -> None:
+        """Show the T2 in the slice views with the segmentation's outlines over it."""
+        slicer.util.setSliceViewerLayers(background=t2Node)
+        displayNode = segmentationNode.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility2DFill(True)
+            displayNode.SetOpacity2DFill(0.3)
+            displayNode.SetVisibility2DOutline(True)
 
 
 #
@@ -126,12 +549,21 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
 
 class ProstateAITest(ScriptedLoadableModuleTest):  # noqa: F405
+    """Self-test in Slicer on synthetic volumes (the segmentation node glue and input checks)."""
+
     def setUp(self):
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
         self.setUp()
         self.test_ProstateAI_parameters()
+        self.test_ProstateAI_segmentationNode()
+        self.test_ProstateAI_badInput()
+
+    @staticmethod
+    def _expect(condition, message):
+        if not condition:
+            raise AssertionError(message)
 
     def test_ProstateAI_parameters(self):
         self.delayDisplay("Parameter node keeps the input volume")
@@ -139,8 +571,39 @@ class ProstateAITest(ScriptedLoadableModuleTest):  # noqa: F405
         volumeNode = slicer.util.addVolumeFromArray(array, name="t2")
         parameters = ProstateAILogic().getParameterNode()
         parameters.inputVolume = volumeNode
-        if parameters.inputVolume is not volumeNode:
-            raise AssertionError("input volume not stored in the parameter node")
-        if describe_volume(volumeNode) != "6 x 5 x 4 voxels, spacing 1 x 1 x 1 mm":
-            raise AssertionError(f"unexpected volume description: {describe_volume(volumeNode)}")
+        self._expect(parameters.inputVolume is volumeNode, "input volume not stored in the parameter node")
+        self._expect(describe_volume(volumeNode) == "6 x 5 x 4 voxels, spacing 1 x 1 x 1 mm",
+                     f"unexpected volume description: {describe_volume(volumeNode)}")
+        self.delayDisplay("Test passed")
+
+    def test_ProstateAI_segmentationNode(self):
+        self.delayDisplay("Label maps -> segmentation node (Prostate, PZ, TZ) and back, voxel for voxel")
+        array = np.random.default_rng(0).random((6, 20, 24)).astype(np.float32)
+        # oblique: in-plane axes rotated by 30 degrees about S, anisotropic spacing
+        c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+        ijkToRAS = np.array([[0.7 * c, -0.7 * s, 0, 5], [0.7 * s, 0.7 * c, 0, -3], [0, 0, 2.5, 1], [0, 0, 0, 1]])
+        t2Node = slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name="t2 oblique")
+        zones = np.zeros(array.shape, np.uint8)
+        zones[2:5, 5:15, 6:18] = 1
+        zones[2:5, 8:12, 9:15] = 2
+        prostate = (zones > 0).astype(np.uint8)
+        node = add_segmentation_node(slicer.mrmlScene, t2Node, {"prostate": prostate, "zones": zones})
+        segmentation = node.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self._expect(names == list(SEGMENT_NAMES), f"segments {names}")
+        for segmentName, expected in (("Prostate", prostate), ("PZ", zones == 1), ("TZ", zones == 2)):
+            segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
+            exported = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentId, t2Node)
+            self._expect(np.array_equal(exported > 0, expected > 0), f"{segmentName} voxels differ")
+        self.delayDisplay("Test passed")
+
+    def test_ProstateAI_badInput(self):
+        self.delayDisplay("A constant volume is refused with a clear message")
+        constant = slicer.util.addVolumeFromArray(np.full((5, 16, 16), 7, np.int16), name="constant")
+        try:
+            ProstateAILogic().segment(constant)
+        except InputError as error:
+            self._expect("constant" in str(error).lower(), f"unclear message: {error}")
+        else:
+            raise AssertionError("a constant volume was accepted")
         self.delayDisplay("Test passed")

@@ -11,6 +11,8 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
+from ProstateAILib.errors import InputError
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -60,3 +62,103 @@ def describe_volume(volume_node) -> str:
     dims = volume_node.GetImageData().GetDimensions()
     spacing = volume_node.GetSpacing()
     return f"{dims[0]} x {dims[1]} x {dims[2]} voxels, spacing {spacing[0]:.3g} x {spacing[1]:.3g} x {spacing[2]:.3g} mm"
+
+
+# ------------------------------------------------------------------------------------ segmentations
+
+# Terminology of a segment with a SNOMED CT code (same string as ProstateAILib.segfile writes).
+TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+               "~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+def _ijk_to_ras(node) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def _mask_array(mask, value: int, reference_node, label: str) -> np.ndarray:
+    """(z, y, x) uint8 0/1 array of `mask == value`; `mask` is a SimpleITK image or an array on the reference grid."""
+    dims = reference_node.GetImageData().GetDimensions()  # (x, y, z)
+    if isinstance(mask, sitk.Image):
+        if mask.GetDimension() != 3 or tuple(mask.GetSize()) != tuple(dims):
+            raise InputError(f"Label image for '{label}' has size {mask.GetSize()}, "
+                             f"the reference volume {tuple(dims)}.")
+        reference = image_from_volume_node(reference_node)
+        # NIfTI/float round trips change the geometry by ~1e-6 mm: anything larger is another grid.
+        for what, a, b in (("origin", mask.GetOrigin(), reference.GetOrigin()),
+                           ("spacing", mask.GetSpacing(), reference.GetSpacing()),
+                           ("direction", mask.GetDirection(), reference.GetDirection())):
+            if not np.allclose(a, b, atol=1e-3):
+                raise InputError(f"Label image for '{label}' is not on the reference volume's grid ({what} differs).")
+        array = sitk.GetArrayViewFromImage(mask)
+    else:
+        array = np.asarray(mask)
+        if array.shape != tuple(dims[::-1]):
+            raise InputError(f"Label array for '{label}' has shape {array.shape}, the reference volume "
+                             f"{tuple(dims[::-1])} (z, y, x).")
+    return np.ascontiguousarray(array == value, dtype=np.uint8)
+
+
+def _oriented_image(array: np.ndarray, reference_node):
+    """A vtkOrientedImageData holding `array` (z, y, x) with the reference node's exact IJK→RAS geometry."""
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.SetImageToWorldMatrix(_ijk_to_ras(reference_node))
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def add_segmentation_node(scene, reference_node, label_images: dict, segments=None, name: str = "Segmentation"):
+    """A new vtkMRMLSegmentationNode with one named, coloured segment per entry of `segments`.
+
+    `label_images` maps a layer name to a label image on the reference volume's grid (a SimpleITK
+    image or a (z, y, x) array); `segments` lists (name, layer, label value, colour RGB 0-1[, (SNOMED
+    code, meaning)]) and defaults to `ProstateAILib.pipeline.SEGMENTS` (Prostate, PZ, TZ). Each segment
+    is imported as its own binary mask on the reference node's exact IJK→RAS grid (the reference
+    geometry is set first), so exporting it on the reference volume gives back the input voxels;
+    names and colours come from `segments`, never from a default colour table.
+    """
+    if reference_node is None or reference_node.GetImageData() is None:
+        raise InputError("A reference volume with voxels is needed.")
+    if segments is None:
+        from ProstateAILib.pipeline import SEGMENTS as segments
+    masks = []
+    for entry in segments:
+        segment_name, layer, value = entry[0], entry[1], int(entry[2])
+        if layer not in label_images:
+            raise InputError(f"No label image '{layer}' for segment '{segment_name}'.")
+        masks.append((entry, _mask_array(label_images[layer], value, reference_node, segment_name)))
+
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    segmentation = node.GetSegmentation()
+    for entry, array in masks:
+        segment_name, colour = entry[0], [float(c) for c in entry[3]]
+        segment_id = segmentation.GenerateUniqueSegmentID(segment_name)
+        node.AddSegmentFromBinaryLabelmapRepresentation(_oriented_image(array, reference_node), segment_name,
+                                                        colour, segment_id)
+        segment = segmentation.GetSegment(segment_id)
+        segment.SetName(segment_name)  # never an auto-generated name
+        segment.SetNameAutoGenerated(False)
+        segment.SetColor(*colour)
+        segment.SetColorAutoGenerated(False)
+        if len(entry) > 4 and entry[4]:
+            code, meaning = entry[4]
+            segment.SetTag(segment.GetTerminologyEntryTagName(), TERMINOLOGY.format(code=code, meaning=meaning))
+    return node
+
+
+def segment_arrays(segmentation_node, reference_node) -> dict[str, np.ndarray]:
+    """{segment name: (z, y, x) uint8 0/1 array on the reference volume's grid} of a segmentation node."""
+    segmentation = segmentation_node.GetSegmentation()
+    out = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_node)
+        out[segmentation.GetSegment(segment_id).GetName()] = (np.asarray(array) > 0).astype(np.uint8)
+    return out

@@ -167,11 +167,25 @@ def stratified_split(cases: list[Case], val_fraction: float = 0.2, seed: int = 0
 
 # ---------------------------------------------------------------- preprocessing
 
-def prepare_case(case: Case, spacing=preprocess.WORKING_SPACING, max_foreground: int = 20000, seed: int = 0) -> PreparedCase:
+def remap_labels(label: sitk.Image, label_map: dict | None) -> sitk.Image:
+    """Label values renamed with {old: new} (e.g. zones {1: 0, 2: 1} keeps only TZ); others kept."""
+    if not label_map:
+        return label
+    array = sitk.GetArrayFromImage(label)
+    out = array.copy()
+    for old, new in label_map.items():
+        out[array == int(old)] = int(new)
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(label)
+    return image
+
+
+def prepare_case(case: Case, spacing=preprocess.WORKING_SPACING, max_foreground: int = 20000, seed: int = 0,
+                 channel_names=None, label_map: dict | None = None) -> PreparedCase:
     channels = [read_image(path) for path in case.images]
-    label = read_image(case.label)
+    label = remap_labels(read_image(case.label), label_map)
     label = require_same_grid(channels[0], label, (f"image of case {case.name}", f"label of case {case.name}"))
-    image, working = preprocess.to_working_image(channels, spacing)
+    image, working = preprocess.to_working_image(channels, spacing, channel_names)
     label_w = preprocess.label_to_working(label, working)
     fg = np.argwhere(label_w > 0).astype(np.int32)
     if len(fg) > max_foreground:  # a subsample is enough to draw patch centres from
@@ -212,8 +226,9 @@ class PatchSampler:
     """
 
     def __init__(self, cases: list[PreparedCase], patch: tuple[int, int, int], augment: AugmentConfig | None = None,
-                 p_foreground: float = 0.5, n_classes: int = 2, seed: int = 0):
+                 p_foreground: float = 0.5, n_classes: int = 2, seed: int = 0, mask_channels=()):
         self.cases = cases
+        self.mask_channels = set(mask_channels)  # mask inputs get no intensity augmentation or drop
         self.patch = tuple(patch)
         self.augment = augment or AugmentConfig()
         self.p_foreground = p_foreground
@@ -266,6 +281,8 @@ class PatchSampler:
     def _intensity(self, image: torch.Tensor) -> torch.Tensor:
         aug, rng = self.augment, self.rng
         for c in range(image.shape[0]):
+            if c in self.mask_channels:
+                continue
             channel = image[c]
             if rng.random() < aug.p_gamma:
                 lo, hi = float(channel.min()), float(channel.max())
@@ -278,8 +295,9 @@ class PatchSampler:
             if rng.random() < aug.p_noise:
                 channel = channel + torch.randn_like(channel) * rng.uniform(0, aug.noise_std)
             image[c] = channel
-        if image.shape[0] > 1 and rng.random() < aug.p_channel_drop:
-            image[rng.integers(image.shape[0])] = 0.0
+        droppable = [c for c in range(1, image.shape[0]) if c not in self.mask_channels]  # never the T2
+        if droppable and rng.random() < aug.p_channel_drop:
+            image[droppable[rng.integers(len(droppable))]] = 0.0
         return image
 
     def sample(self, index: int | None = None, centre=None) -> tuple[torch.Tensor, torch.Tensor]:

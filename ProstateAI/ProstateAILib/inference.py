@@ -145,12 +145,19 @@ def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bo
 
     settings = metadata.get("inference", {})
     spacing = tuple(metadata["preprocess"]["spacing_xyz_mm"])
-    volume, working = preprocess.to_working_image(list(channels), spacing)
+    volume, working = preprocess.to_working_image(list(channels), spacing, metadata.get("channels"))
     flips = tuple(tuple(a) for a in settings.get("tta_flip_axes_zyx", [[2]])) if tta else ()
     probs = sliding_window(model, volume, tuple(settings.get("patch_zyx", (16, 80, 80))),
                            overlap=settings.get("overlap", 0.5) if overlap is None else overlap,
                            flip_axes=flips, device=device, progress=progress)
     return preprocess.probabilities_to_original(probs, working, channels[0])
+
+
+def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 labels: binary models use the (validation-tuned) foreground threshold, others argmax."""
+    if probs.shape[0] == 2:
+        return (probs[1] >= threshold).astype(np.uint8)
+    return probs.argmax(0).astype(np.uint8)
 
 
 def segment_image(model, metadata: dict, channels, device="cpu", tta: bool = True, largest_component: bool = True,
@@ -159,7 +166,7 @@ def segment_image(model, metadata: dict, channels, device="cpu", tta: bool = Tru
     import SimpleITK as sitk
 
     probs = predict_probabilities(model, metadata, channels, device=device, tta=tta, progress=progress)
-    labels = probs.argmax(0).astype(np.uint8)
+    labels = probabilities_to_labels(probs, metadata.get("inference", {}).get("threshold", 0.5))
     if largest_component:
         for value in range(1, probs.shape[0]):
             component = keep_largest_component(labels == value)

@@ -1,4 +1,4 @@
-"""Segmentation sub-commands: `train` and `evaluate` (`segment` is added by the inference work).
+"""Segmentation sub-commands: `segment`, `train` and `evaluate`.
 
 torch is imported lazily inside the command functions so other sub-commands stay fast.
 """
@@ -17,8 +17,43 @@ def _triple(text: str, kind=float) -> tuple:
 
 
 def register(subparsers) -> None:
+    _register_segment(subparsers)
     _register_train(subparsers)
     _register_evaluate(subparsers)
+
+
+# ---------------------------------------------------------------- segment
+
+def _register_segment(subparsers) -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment prostate gland and zones (PZ/TZ) on a T2 MRI",
+        description="Whole gland, then transition zone (T2 + gland mask), PZ = gland - TZ. Inputs are DICOM "
+                    "series folders or NIfTI/NRRD/MHA files; ADC/HBV on other grids are resampled onto the T2. "
+                    "Writes OUT/prostate.nii.gz, zones.nii.gz (1 = PZ, 2 = TZ), probabilities/*.nii.gz, "
+                    "segmentation.seg.nrrd and report.json, all on the T2 grid.",
+    )
+    p.add_argument("--t2", required=True, help="axial T2: DICOM folder or image file")
+    p.add_argument("--adc", help="ADC map (optional)")
+    p.add_argument("--hbv", help="high-b-value DWI (optional)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None, help="gland model: catalog name or model .pt file (default: catalog's)")
+    p.add_argument("--zones-model", default=None, help="zone model: catalog name or .pt file (default: catalog's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-tta", action="store_true", help="skip flip test-time augmentation (about 2x faster)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    p.set_defaults(func=_segment)
+
+
+def _segment(args) -> int:
+    from . import pipeline
+
+    report = pipeline.run(args.t2, args.out, adc=args.adc, hbv=args.hbv, gland_model=args.model,
+                          zones_model=args.zones_model, device=args.device, tta=not args.no_tta,
+                          progress=args.progress_fn, threads=args.threads)
+    v = report["volumes_ml"]
+    print(f"prostate {v['prostate']:.1f} mL (PZ {v['PZ']:.1f}, TZ {v['TZ']:.1f}) in "
+          f"{report['timings_s']['total']:.1f} s -> {args.out}")
+    return 0
 
 
 # ---------------------------------------------------------------- train
@@ -46,12 +81,24 @@ def _register_train(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (debugging)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (optimizer state included)")
+    p.add_argument("--channels", default="T2",
+                   help="input channel names, comma-separated, T2 first; names ending in _mask are masks "
+                        "(not normalised), e.g. T2,prostate_mask for the zone model")
+    p.add_argument("--labels", default="background,prostate", help="output label names, comma-separated")
+    p.add_argument("--label-map", default=None,
+                   help="rename reference label values, e.g. 1=0,2=1 keeps only TZ of a zones mask")
+    p.add_argument("--task", default=None, help="task description stored in the model")
+    p.add_argument("--tune-only", action="store_true",
+                   help="only tune the probability threshold of OUT/model.pt on its validation cases")
     p.set_defaults(func=_train)
 
 
 def _train(args) -> int:
     from . import train
 
+    if args.tune_only:
+        train.finalize_run(args.out, args.data, args.threads or 2, log=lambda m: print(m, flush=True))
+        return 0
     net = {}
     if args.features:
         net["features"] = [int(v) for v in args.features.split(",")]
@@ -59,7 +106,11 @@ def _train(args) -> int:
         data=args.data, out=args.out, epochs=args.epochs, iterations=args.iterations, batch=args.batch,
         patch=_triple(args.patch, int), lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
-        max_cases=args.max_cases, net=net,
+        max_cases=args.max_cases, net=net, channels=tuple(c.strip() for c in args.channels.split(",")),
+        labels=tuple(c.strip() for c in args.labels.split(",")),
+        label_map={int(a): int(b) for a, b in (item.split("=") for item in args.label_map.split(","))}
+        if args.label_map else {},
+        **({"task": args.task} if args.task else {}),
         command=" ".join(shlex.quote(a) for a in ["prostateai"] + sys.argv[1:]),
     )
     result = train.run_training(cfg, resume=args.resume, progress=args.progress_fn,

@@ -38,7 +38,7 @@ from .errors import InputError
 from .imageio import atomic_path, write_text
 from .progress import ProgressFn
 
-MODEL_FORMAT = "prostateai-seg-model"
+from .models import MODEL_FORMAT  # noqa: E402,F401  (one definition)
 
 
 @dataclass
@@ -61,6 +61,9 @@ class TrainConfig:
     threads: int = 1
     device: str = "auto"
     labels: tuple[str, ...] = ("background", "prostate")
+    channels: tuple[str, ...] = ("T2",)  # input names; '*_mask' channels are masks (not normalised)
+    label_map: dict = field(default_factory=dict)  # {old value: new value} applied to the reference masks
+    task: str = "prostate whole-gland segmentation from axial T2"
     net: dict = field(default_factory=dict)  # NetConfig overrides
     augment: dict = field(default_factory=dict)  # AugmentConfig overrides
     max_cases: int | None = None  # debugging / tests: use only the first N cases
@@ -118,11 +121,11 @@ def model_metadata(cfg: TrainConfig, net_cfg: network.NetConfig, n_channels: int
     return {
         "format": MODEL_FORMAT,
         "version": 1,
-        "task": "prostate whole-gland segmentation from axial T2",
+        "task": cfg.task,
         "labels": {str(i): name for i, name in enumerate(cfg.labels)},
-        "channels": ["T2"] + [f"channel{i}" for i in range(1, n_channels)],
+        "channels": list(cfg.channels)[:n_channels] + [f"channel{i}" for i in range(len(cfg.channels), n_channels)],
         "net": net_cfg.to_dict(),
-        "preprocess": preprocess.metadata(cfg.spacing),
+        "preprocess": preprocess.metadata(cfg.spacing, channels=cfg.channels),
         "inference": {"patch_zyx": list(cfg.patch), "overlap": 0.5, "gaussian_sigma_scale": 0.125,
                       "tta_flip_axes_zyx": [[2]], "postprocess": "largest connected component"},
         "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
@@ -139,19 +142,10 @@ def save_model(model: torch.nn.Module, metadata: dict, path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Model + metadata from a `model.pt` (float16 weights back to float32, eval mode)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Model file '{path}' does not exist.")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad input file
-        raise InputError(f"Could not read model file '{path}': {exc}") from exc
-    if not isinstance(blob, dict) or blob.get("metadata", {}).get("format") != MODEL_FORMAT:
-        raise InputError(f"'{path}' is not a ProstateAI segmentation model.")
-    model = network.build_network(blob["metadata"]["net"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
-    return model.to(device).eval(), blob["metadata"]
+    """Model + metadata from a `model.pt` (see `models.read_model_file`)."""
+    from . import models
+
+    return models.read_model_file(path, device=device)
 
 
 # ---------------------------------------------------------------- validation
@@ -175,6 +169,58 @@ def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device)
         per_case[case.name] = {"raw": float(np.mean(raw)), "lcc": float(np.mean(lcc))}
     model.train()
     return per_case
+
+
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+
+
+def tune_threshold(model, metadata: dict, cases: list[ds.PreparedCase], device, thresholds=THRESHOLDS) -> dict:
+    """Foreground-probability threshold (binary models) that maximises the mean validation Dice
+    after largest-component post-processing, with deployment settings (overlap, flip TTA).
+
+    Returns {"threshold", "mean_dice", "per_case" (at that threshold), "table" {t: mean Dice}}.
+    """
+    settings = metadata.get("inference", {})
+    flips = tuple(tuple(a) for a in settings.get("tta_flip_axes_zyx", [[2]]))
+    scores = {t: {} for t in thresholds}
+    model.eval()
+    for case in cases:
+        probs = inference.sliding_window(model, case.image, tuple(settings.get("patch_zyx")),
+                                         overlap=settings.get("overlap", 0.5), flip_axes=flips, device=device)
+        foreground = preprocess.probabilities_to_original(probs, case.working, case.original)[1]
+        truth = ds.sitk.GetArrayViewFromImage(case.original) == 1
+        for t in thresholds:
+            scores[t][case.name] = metrics.dice(inference.keep_largest_component(foreground >= t), truth)
+    table = {t: float(np.mean(list(v.values()))) for t, v in scores.items()}
+    best = max(thresholds, key=lambda t: (table[t], -abs(t - 0.5)))  # ties: closest to 0.5
+    return {"threshold": best, "mean_dice": table[best], "per_case": scores[best],
+            "table": {f"{t:.2f}": round(v, 5) for t, v in table.items()}}
+
+
+def finalize_run(out: str | os.PathLike, data: str | None = None, threads: int = 2, log=print) -> dict:
+    """Tune the threshold of a run's best model on its validation cases and store it in model.pt.
+
+    The validation Dice stored afterwards is the deployment one (overlap 0.5, flip TTA, tuned
+    threshold, largest component, on the original grid).
+    """
+    out = Path(out)
+    torch.set_num_threads(max(1, threads))
+    model, metadata = load_model(out / "model.pt")
+    training = metadata["training"]
+    cases = {c.name: c for c in ds.discover_cases(data or training["data"])}
+    val_names = [v["name"] for v in metadata.get("split", {}).get("val", [])]
+    if not val_names:
+        log("no validation cases: threshold left at 0.5")
+        return {"threshold": 0.5}
+    prepared = [ds.prepare_case(cases[n], tuple(training["spacing"]), channel_names=training.get("channels", ("T2",)),
+                                label_map=training.get("label_map") or None) for n in val_names]
+    result = tune_threshold(model, metadata, prepared, pick_device("cpu"))
+    metadata["inference"]["threshold"] = result["threshold"]
+    metadata.setdefault("validation", {})["deployment"] = result
+    save_model(model, metadata, out / "model.pt")
+    log(f"threshold {result['threshold']:.2f}: mean validation Dice {result['mean_dice']:.4f} "
+        f"(table {result['table']})")
+    return result
 
 
 # ---------------------------------------------------------------- learning curve
@@ -224,13 +270,19 @@ def _prepare(cfg: TrainConfig, log) -> tuple[list[ds.PreparedCase], list[ds.Prep
     cases = ds.discover_cases(cfg.data)
     if cfg.max_cases:
         cases = cases[: cfg.max_cases]
+    n_images = len(cases[0].images)
+    if len(cfg.channels) != n_images:
+        raise InputError(f"The dataset has {n_images} image channel(s) per case but --channels names "
+                         f"{len(cfg.channels)} ({', '.join(cfg.channels)}).")
     ds.assign_groups(cases)
     train_cases, val_cases = ds.stratified_split(cases, cfg.val_fraction, cfg.seed)
     if not train_cases:
         raise InputError("No training cases left after the validation split.")
     t0 = time.time()
-    prepared_train = [ds.prepare_case(c, cfg.spacing, seed=cfg.seed) for c in train_cases]
-    prepared_val = [ds.prepare_case(c, cfg.spacing, seed=cfg.seed) for c in val_cases]
+    prepare = lambda c: ds.prepare_case(c, cfg.spacing, seed=cfg.seed, channel_names=cfg.channels,  # noqa: E731
+                                        label_map=cfg.label_map)
+    prepared_train = [prepare(c) for c in train_cases]
+    prepared_val = [prepare(c) for c in val_cases]
     split = {
         "train": [{"name": c.name, "group": c.group} for c in train_cases],
         "val": [{"name": c.name, "group": c.group} for c in val_cases],
@@ -256,7 +308,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
         # The run's recipe comes from the checkpoint; only the epoch count may be extended.
         cfg = TrainConfig(**{**saved, "epochs": max(cfg.epochs, saved["epochs"]), "threads": cfg.threads,
                              "device": cfg.device, "patch": tuple(saved["patch"]), "spacing": tuple(saved["spacing"]),
-                             "labels": tuple(saved["labels"])})
+                             "labels": tuple(saved["labels"]),
+                             "channels": tuple(saved.get("channels", ("T2",)))})
 
     train_cases, val_cases, split = _prepare(cfg, log)
     write_text(json.dumps(split, indent=2), out / "split.json")
@@ -269,7 +322,9 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
         raise InputError(f"Patch {cfg.patch} must be a multiple of {divisor} (z, y, x) for this network.")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     augment = ds.AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.augment.items()})
-    sampler = ds.PatchSampler(train_cases, cfg.patch, augment, cfg.p_foreground, len(cfg.labels), cfg.seed)
+    mask_channels = [i for i, name in enumerate(cfg.channels) if preprocess.is_mask_channel(name)]
+    sampler = ds.PatchSampler(train_cases, cfg.patch, augment, cfg.p_foreground, len(cfg.labels), cfg.seed,
+                              mask_channels=mask_channels)
 
     history, best, start_epoch = [], {"dice": -float("inf"), "epoch": 0}, 1
     if checkpoint is not None:
@@ -342,4 +397,6 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
         log(message)
         if progress is not None:
             progress(epoch / cfg.epochs, message)
+    if val_cases and (out / "model.pt").is_file():
+        best["deployment"] = finalize_run(out, cfg.data, cfg.threads, log)
     return {"best": best, "history": history, "out": str(out)}

@@ -1,0 +1,162 @@
+"""The model catalog (`Resources/Models.json`) and safe loading of model files.
+
+A model file (`*.pt`) is `{"metadata": {...}, "state_dict": {name: tensor}}`: plain containers and
+tensors only, so it is read with `torch.load(..., weights_only=True)` (no pickled code runs).
+Catalog models are checked against the sha256 recorded in the catalog before loading: a truncated
+or altered file gives a clear error instead of silently wrong masks.
+
+Where the catalog is: `$PROSTATEAI_MODELS` (a Models.json path) if set, else `Resources/Models.json`
+two folders above this package, which is the repository root in a checkout and
+`lib/Slicer-X.Y/` in an installed Slicer extension (see ProstateAI/CMakeLists.txt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import InputError
+
+MODEL_FORMAT = "prostateai-seg-model"
+
+
+def catalog_path() -> Path:
+    if os.environ.get("PROSTATEAI_MODELS"):
+        return Path(os.environ["PROSTATEAI_MODELS"])
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models.json"
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Catalog entries by name (each with an absolute `path` to its weights added)."""
+    path = Path(path) if path else catalog_path()
+    if not path.is_file():
+        raise InputError(f"Model catalog '{path}' not found (set PROSTATEAI_MODELS to a Models.json).")
+    try:
+        entries = json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"Model catalog '{path}' is not readable: {exc}") from exc
+    return {e["name"]: {**e, "path": str((path.parent / e["file"]).resolve())} for e in entries}
+
+
+def default_model(task: str, catalog: dict[str, dict] | None = None) -> str:
+    """Name of the catalog's first model for `task` ("gland" or "zones")."""
+    catalog = load_catalog() if catalog is None else catalog
+    for name, entry in catalog.items():
+        if entry.get("task") == task:
+            return name
+    raise InputError(f"The model catalog has no '{task}' model.")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve(name_or_path: str, catalog: dict[str, dict] | None = None) -> tuple[Path, str | None, dict | None]:
+    """(weights path, expected sha256 or None, catalog entry or None) for a catalog name or a file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".pt" and candidate.is_file():
+        return candidate, None, None
+    catalog = load_catalog() if catalog is None else catalog
+    if name_or_path not in catalog:
+        raise InputError(f"Unknown model '{name_or_path}': not a .pt file and not in the catalog "
+                         f"(available: {', '.join(catalog) or 'none'}).")
+    entry = catalog[name_or_path]
+    return Path(entry["path"]), entry.get("sha256"), entry
+
+
+def read_model_file(path: str | os.PathLike, device="cpu", expected_sha256: str | None = None):
+    """(model in eval mode on `device`, metadata) from a model file; checks the sha256 if given."""
+    import torch
+
+    from . import network
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Model file '{path}' does not exist.")
+    if expected_sha256 is not None:
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            raise InputError(f"Model file '{path}' is corrupted or was changed: its sha256 is {actual[:16]}..., "
+                             f"the catalog expects {expected_sha256[:16]}.... Reinstall the extension or "
+                             "restore the file.")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad input file
+        raise InputError(f"Could not read model file '{path}': {exc}") from exc
+    if not isinstance(blob, dict) or not isinstance(blob.get("metadata"), dict) \
+            or blob["metadata"].get("format") != MODEL_FORMAT:
+        raise InputError(f"'{path}' is not a ProstateAI segmentation model.")
+    try:
+        model = network.build_network(blob["metadata"]["net"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"Model file '{path}' does not match its network description: {exc}") from exc
+    return model.to(device).eval(), blob["metadata"]
+
+
+def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None):
+    """(model, metadata) for a catalog name (sha256-checked) or a model file path."""
+    path, sha, entry = resolve(name_or_path, catalog)
+    model, metadata = read_model_file(path, device=device, expected_sha256=sha)
+    metadata = dict(metadata)
+    metadata["name"] = entry["name"] if entry else path.stem
+    metadata["catalog_version"] = entry.get("version") if entry else None
+    return model, metadata
+
+
+def catalog_entry(name: str, version: str, task: str, weights: Path, metadata: dict, catalog_dir: Path,
+                  card: str | None = None) -> dict:
+    """A catalog entry describing `weights` (which must already be in its final place)."""
+    training = metadata.get("training", {})
+    validation = metadata.get("validation", {})
+    deployment = validation.get("deployment", {})
+    return {
+        "name": name,
+        "version": version,
+        "task": task,
+        "description": metadata.get("task"),
+        "file": weights.relative_to(catalog_dir).as_posix(),
+        "sha256": sha256_of(weights),
+        "size_bytes": weights.stat().st_size,
+        "input_sequences": metadata.get("channels"),
+        "labels": metadata.get("labels"),
+        "working_spacing_mm": metadata.get("preprocess", {}).get("spacing_xyz_mm"),
+        "normalization": metadata.get("preprocess", {}).get("normalization"),
+        "parameters": metadata.get("parameters"),
+        "training_command": training.get("command"),
+        "data": training.get("data"),
+        "split": metadata.get("split"),
+        "validation": {
+            "mean_dice": deployment.get("mean_dice", validation.get("mean_dice")),
+            "per_case_dice": deployment.get("per_case", validation.get("per_case")),
+            "threshold": metadata.get("inference", {}).get("threshold", 0.5),
+            "epoch": validation.get("epoch"),
+            "how": "whole volume on the original grid, overlap 0.5, flip TTA, tuned threshold, largest component"
+            if deployment else "validation during training",
+        },
+        **({"card": card} if card else {}),
+    }
+
+
+def publish(run_model: str | os.PathLike, name: str, version: str, task: str, catalog: str | os.PathLike | None = None,
+            card: str | None = None, extra: dict | None = None) -> dict:
+    """Copy a run's model.pt into Resources/Models/<name>.pt and add/replace its catalog entry."""
+    import shutil
+
+    catalog = Path(catalog) if catalog else catalog_path()
+    _, metadata = read_model_file(run_model)
+    target = catalog.parent / "Models" / f"{name}.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_model, target)
+    entry = {**catalog_entry(name, version, task, target, metadata, catalog.parent, card), **(extra or {})}
+    entries = json.loads(catalog.read_text())["models"] if catalog.is_file() else []
+    entries = [e for e in entries if e["name"] != name] + [entry]
+    entries.sort(key=lambda e: ({"gland": 0, "zones": 1}.get(e["task"], 2), e["name"]))
+    catalog.write_text(json.dumps({"format": "prostateai-model-catalog", "version": 1, "models": entries}, indent=2) + "\n")
+    return entry

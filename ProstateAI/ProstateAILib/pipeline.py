@@ -1,0 +1,363 @@
+"""`prostateai segment`: T2 (+ ADC, HBV) -> prostate, zones, probabilities, seg.nrrd, report.
+
+Cascade (Pellicer-Valero 2022): model 1 segments the whole gland from T2; model 2 takes T2 + the
+gland mask and segments the transition zone (TZ, "central gland"); PZ = gland - TZ.
+
+Everything is written on the T2's exact grid. ADC/HBV given on other grids are checked for
+overlap with the T2 and resampled onto it (third-order B-spline); the shipped models read T2
+only, so they are recorded in the report (and available to models that list them as channels).
+Outputs are written to a hidden staging folder next to OUT and moved into place only when every
+file is complete, so a failure never leaves a partial result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import models, preprocess
+from .errors import InputError
+from .imageio import read_image_with_source, validate_volume
+from .progress import ProgressFn, scaled
+
+MIN_PROSTATE_ML = 1.0  # a smaller largest component is noise, not a gland
+PROGRAM_VERSION = "0.1.0"
+
+# name, output map, label value, colour (RGB 0-1), SNOMED CT code and meaning (DICOM SEG / terminology)
+SEGMENTS = (
+    ("Prostate", "prostate", 1, (0.85, 0.66, 0.47), ("41216001", "Prostate")),
+    ("PZ", "zones", 1, (0.30, 0.69, 0.29), ("279706003", "Peripheral zone of the prostate")),
+    ("TZ", "zones", 2, (0.22, 0.49, 0.72), ("399384005", "Transition zone of the prostate")),
+)
+
+
+class NoProstateFound(InputError):
+    """The gland model found no prostate in the T2 (wrong anatomy, wrong sequence, empty field of view)."""
+
+
+@dataclass
+class Inputs:
+    t2: sitk.Image
+    extra: dict[str, sitk.Image] = field(default_factory=dict)  # "ADC"/"HBV" on the T2 grid
+    sources: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    prostate: sitk.Image  # uint8, 1 = prostate, T2 grid
+    zones: sitk.Image  # uint8, 1 = PZ, 2 = TZ, T2 grid
+    probabilities: dict[str, sitk.Image]  # float32 on the T2 grid
+    report: dict
+
+
+# ---------------------------------------------------------------- inputs
+
+def _corners(image: sitk.Image) -> np.ndarray:
+    size = np.array(image.GetSize()) - 1
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.array(idx) * size])
+                     for idx in np.ndindex(2, 2, 2)])
+
+
+def overlap_fraction(moving: sitk.Image, fixed: sitk.Image, samples: int = 12) -> float:
+    """Fraction of a regular sample of the fixed image's voxel centres that fall inside `moving`."""
+    axes = [np.linspace(0, s - 1, min(s, samples)) for s in fixed.GetSize()]
+    inside = total = 0
+    upper = np.array(moving.GetSize()) - 0.5
+    for i in axes[0]:
+        for j in axes[1]:
+            for k in axes[2]:
+                point = fixed.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+                index = np.array(moving.TransformPhysicalPointToContinuousIndex(point))
+                inside += bool(np.all(index >= -0.5) and np.all(index <= upper))
+                total += 1
+    return inside / max(total, 1)
+
+
+def _read(path, name: str) -> tuple[sitk.Image, dict]:
+    if path is None or str(path) == "":
+        raise InputError(f"No {name} given.")
+    if not Path(path).exists():
+        raise InputError(f"The {name} '{path}' does not exist (missing sequence?).")
+    image, source = read_image_with_source(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"The {name} '{path}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar MR volume is needed.")
+    validate_volume(image, name)
+    if source.modality and source.modality.upper() not in ("MR", "OT"):
+        raise InputError(f"The {name} '{path}' is a {source.modality} series, not MR.")
+    info = {"path": str(path), "kind": source.kind, "size": list(image.GetSize()),
+            "spacing_mm": [round(s, 6) for s in image.GetSpacing()]}
+    if source.series_description:
+        info["series_description"] = source.series_description
+    return image, info
+
+
+def prepare_inputs(t2: sitk.Image, extra: dict[str, sitk.Image | None] | None = None) -> Inputs:
+    """Validated inputs: every extra sequence must overlap the T2 and is resampled onto its grid."""
+    validate_volume(t2, "T2")
+    inputs = Inputs(sitk.Cast(t2, sitk.sitkFloat32))
+    for name, image in (extra or {}).items():
+        if image is None:
+            continue
+        validate_volume(image, name)
+        fraction = overlap_fraction(image, t2)
+        if fraction < 0.05:
+            raise InputError(f"The {name} does not overlap the T2 ({fraction:.0%} of the T2 field of view is "
+                             f"inside it): is it from the same patient and study?")
+        inputs.extra[name] = preprocess.resample_like(sitk.Cast(image, sitk.sitkFloat32), t2, "bspline")
+    return inputs
+
+
+def read_inputs(t2_path, adc_path=None, hbv_path=None) -> Inputs:
+    """Read T2 (+ ADC, HBV) from DICOM folders or image files and prepare them."""
+    t2, t2_info = _read(t2_path, "T2")
+    extra, infos = {}, {"T2": t2_info}
+    for name, path in (("ADC", adc_path), ("HBV", hbv_path)):
+        if path is not None:
+            extra[name], infos[name] = _read(path, name)
+    inputs = prepare_inputs(t2, extra)
+    inputs.sources = infos
+    return inputs
+
+
+# ---------------------------------------------------------------- models
+
+def _channels_for(metadata: dict, inputs: Inputs, gland: np.ndarray | None = None) -> list[sitk.Image]:
+    """The model's input channels, by name, from the prepared inputs (missing sequence -> error)."""
+    channels = []
+    for name in metadata.get("channels", ["T2"]):
+        if name == "T2":
+            channels.append(inputs.t2)
+        elif preprocess.is_mask_channel(name):
+            if gland is None:
+                raise InputError(f"Model '{metadata.get('name')}' needs a gland mask input.")
+            mask = sitk.GetImageFromArray(gland.astype(np.float32))
+            mask.CopyInformation(inputs.t2)
+            channels.append(mask)
+        elif name.upper() in inputs.extra:
+            channels.append(inputs.extra[name.upper()])
+        else:
+            raise InputError(f"Model '{metadata.get('name')}' needs the {name} sequence; give it with --{name.lower()}.")
+    return channels
+
+
+def canonical_inputs(inputs: Inputs) -> Inputs:
+    """Inputs with voxel axes permuted/flipped to the closest LPS order (lossless, see preprocess)."""
+    return Inputs(preprocess.canonical_orientation(inputs.t2),
+                  {k: preprocess.canonical_orientation(v) for k, v in inputs.extra.items()}, inputs.sources)
+
+
+def _to_input_axes(image: sitk.Image, original: sitk.Image) -> sitk.Image:
+    """Undo `canonical_inputs` exactly: back to the original voxel order and geometry."""
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(original.GetDirection())
+    out = sitk.DICOMOrient(image, code)
+    if out.GetSize() != original.GetSize():
+        raise RuntimeError("internal error: could not restore the T2 axis order")
+    out.CopyInformation(original)  # removes float round-off from the permutation
+    return out
+
+
+ROI_MARGIN_MM = (20.0, 20.0, 7.5)  # x, y, z context around the gland for the zone model
+
+
+def gland_roi(mask: np.ndarray, image: sitk.Image, margin_mm=ROI_MARGIN_MM) -> tuple[slice, slice, slice]:
+    """(z, y, x) slices of the gland's bounding box grown by `margin_mm`, clipped to the image."""
+    idx = np.argwhere(mask)
+    margin = [int(np.ceil(m / s)) for m, s in zip(margin_mm, image.GetSpacing())][::-1]  # (z, y, x)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _crop(image: sitk.Image, roi) -> sitk.Image:
+    index = [r.start for r in roi][::-1]
+    size = [r.stop - r.start for r in roi][::-1]
+    return sitk.RegionOfInterest(image, size, index)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    from .inference import keep_largest_component
+
+    return keep_largest_component(mask) if mask.any() else mask.astype(bool)
+
+
+def _image_like(array: np.ndarray, reference: sitk.Image, dtype) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
+    image.CopyInformation(reference)
+    return image
+
+
+def voxel_ml(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing())) / 1000.0
+
+
+def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | None = None, device: str = "auto",
+            tta: bool = True, progress: ProgressFn | None = None, threads: int | None = None) -> Result:
+    """Run the cascade on prepared inputs. Raises NoProstateFound when the gland is absent."""
+    import torch
+
+    from .inference import predict_probabilities
+    from .train import pick_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = pick_device(device)
+    original_t2 = inputs.t2
+    inputs = canonical_inputs(inputs)  # every step below sees the same axes whatever the storage order
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    catalog = None
+    if gland_model is None or zones_model is None:
+        catalog = models.load_catalog()
+    gland_name = gland_model or models.default_model("gland", catalog)
+    zones_name = zones_model or models.default_model("zones", catalog)
+    net1, meta1 = models.load(gland_name, device=dev, catalog=catalog)
+    net2, meta2 = models.load(zones_name, device=dev, catalog=catalog)
+    timings["load_models"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    p_gland = predict_probabilities(net1, meta1, _channels_for(meta1, inputs), device=dev, tta=tta,
+                                    progress=scaled(progress, 0.0, 0.6))[1]
+    threshold1 = float(meta1.get("inference", {}).get("threshold", 0.5))
+    prostate = _largest(p_gland >= threshold1)
+    timings["gland"] = time.perf_counter() - t0
+    volume = float(prostate.sum()) * voxel_ml(inputs.t2)
+    if volume < MIN_PROSTATE_ML:
+        raise NoProstateFound(
+            f"No prostate found in the T2 image (largest candidate {volume:.2f} mL < {MIN_PROSTATE_ML} mL). "
+            "Check that it is an axial T2-weighted MRI of the pelvis covering the prostate.")
+
+    t0 = time.perf_counter()
+    # The zone model only matters inside the gland: run it on the gland's box plus context.
+    roi = gland_roi(prostate, inputs.t2)
+    cropped = Inputs(_crop(inputs.t2, roi), {k: _crop(v, roi) for k, v in inputs.extra.items()})
+    p_tz = np.zeros(prostate.shape, np.float32)
+    p_tz[roi] = predict_probabilities(net2, meta2, _channels_for(meta2, cropped, prostate[roi]), device=dev,
+                                      tta=tta, progress=scaled(progress, 0.6, 0.95))[1]
+    threshold2 = float(meta2.get("inference", {}).get("threshold", 0.5))
+    tz = _largest((p_tz >= threshold2) & prostate)
+    zones = np.where(prostate, np.where(tz, 2, 1), 0).astype(np.uint8)
+    timings["zones"] = time.perf_counter() - t0
+
+    ml = voxel_ml(inputs.t2)
+    back = lambda array, dtype: _to_input_axes(_image_like(array, inputs.t2, dtype), original_t2)  # noqa: E731
+    report = {
+        "program": {"name": "ProstateAI", "version": PROGRAM_VERSION},
+        "models": {
+            "gland": _model_info(meta1, threshold1),
+            "zones": _model_info(meta2, threshold2),
+        },
+        "device": str(dev),
+        "test_time_augmentation": bool(tta),
+        "volumes_ml": {"prostate": round(volume, 3), "PZ": round(float((zones == 1).sum()) * ml, 3),
+                       "TZ": round(float((zones == 2).sum()) * ml, 3)},
+        "t2_geometry": {"size": list(original_t2.GetSize()), "spacing_mm": list(original_t2.GetSpacing()),
+                        "origin_mm": list(original_t2.GetOrigin()), "direction": list(original_t2.GetDirection())},
+        "inputs": inputs.sources,
+        "extra_sequences_resampled_to_t2": sorted(inputs.extra),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    unused = sorted(set(inputs.extra) - {c.upper() for c in meta1.get("channels", []) + meta2.get("channels", [])})
+    if unused:
+        report["notes"] = [f"{', '.join(unused)} checked and resampled onto the T2 but not used by these models."]
+    probabilities = {  # values below 1e-3 are set to 0: smaller files, no visible difference
+        "prostate": back(_clean(p_gland), np.float32),
+        "TZ": back(_clean(p_tz * prostate), np.float32),
+        "PZ": back(_clean(p_gland * (1.0 - p_tz)), np.float32),
+    }
+    if progress is not None:
+        progress(1.0, "segmentation done")
+    return Result(back(prostate, np.uint8), back(zones, np.uint8), probabilities, report)
+
+
+def _clean(probability: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    return np.where(probability >= floor, probability, 0.0).astype(np.float32)
+
+
+def _model_info(metadata: dict, threshold: float) -> dict:
+    validation = metadata.get("validation", {})
+    return {"name": metadata.get("name"), "version": metadata.get("catalog_version"),
+            "task": metadata.get("task"), "channels": metadata.get("channels"), "threshold": threshold,
+            "validation_dice": validation.get("deployment", {}).get("mean_dice", validation.get("mean_dice"))}
+
+
+# ---------------------------------------------------------------- outputs
+
+def label_layers(result: Result) -> dict[str, sitk.Image]:
+    return {"prostate": result.prostate, "zones": result.zones}
+
+
+def write_outputs(result: Result, out: str | os.PathLike, write_seg=True) -> Path:
+    """Write every output into a staging folder, then move the files into OUT (created if needed)."""
+    from . import segfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (staging / "probabilities").mkdir()
+        sitk.WriteImage(result.prostate, str(staging / "prostate.nii.gz"), True)
+        sitk.WriteImage(result.zones, str(staging / "zones.nii.gz"), True)
+        for name, image in result.probabilities.items():
+            # fast compression level: probability maps are mostly exact zeros (see `segment`)
+            sitk.WriteImage(image, str(staging / "probabilities" / f"{name}.nii.gz"), True, 1)
+        if write_seg:
+            layers = label_layers(result)
+            segments = [segfile.Segment(name, layers[layer], value, colour, code)
+                        for name, layer, value, colour, code in SEGMENTS]
+            segfile.write_seg_nrrd(segments, staging / "segmentation.seg.nrrd")
+        (staging / "report.json").write_text(json.dumps(result.report, indent=2))
+        _move_into(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700; give outputs normal permissions
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    if not out.is_dir():
+        raise InputError(f"Output '{out}' exists and is not a folder.")
+    for path in sorted(staging.rglob("*")):
+        target = out / path.relative_to(staging)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            os.replace(path, target)
+
+
+def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device="auto", tta=True,
+        progress: ProgressFn | None = None, threads: int | None = None) -> dict:
+    """Load -> segment -> write (the whole `prostateai segment`); returns the report."""
+    start = time.perf_counter()
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"Output '{out}' exists and is not a folder.")
+    t0 = time.perf_counter()
+    inputs = read_inputs(t2, adc, hbv)
+    load_s = time.perf_counter() - t0
+    result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads)
+    result.report["timings_s"] = {"read_inputs": round(load_s, 3), **result.report["timings_s"]}
+    t0 = time.perf_counter()
+    # the total is known only once the files exist: write, then rewrite report.json atomically
+    write_outputs(result, out)
+    result.report["timings_s"]["write_outputs"] = round(time.perf_counter() - t0, 3)
+    result.report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
+    from .imageio import write_text
+
+    write_text(json.dumps(result.report, indent=2), Path(out) / "report.json")
+    if progress is not None:
+        progress(1.0, f"wrote {out}")
+    return result.report
