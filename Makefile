@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) -m CTPreprocessLib.bench
 	$(PY) -m MRStandardizeLib.bench
 	$(PY) -m MRStandardizeLib.registration_bench
+	$(PY) -m ProstateAILib.bench
 
 clean:
 	rm -rf $(VENV) demo-output bench-output

@@ -274,3 +274,22 @@ def test_missing_sequence_for_a_model_that_needs_it(t2):
     metadata = {"name": "needs-adc", "channels": ["T2", "ADC"]}
     with pytest.raises(InputError, match="needs the ADC sequence; give it with --adc"):
         pipeline._channels_for(metadata, pipeline.prepare_inputs(t2))
+
+
+# ---------------------------------------------------------------- demo
+
+def test_segmentation_demo_on_the_bundled_case(tmp_path, repo_root):
+    from ProstateAILib import segdemo
+
+    summary = segdemo.run(tmp_path)
+    assert [Path(p).name for p in summary["pngs"]] == [f"segmentation_{a}.png" for a in ("axial", "coronal", "sagittal")]
+    for png in summary["pngs"]:
+        assert Path(png).stat().st_size > 20_000  # a real picture, not an empty canvas
+    assert 10 < summary["volumes_ml"]["prostate"] < 150  # a plausible gland (this case: ~57 mL)
+    zones = read_image(tmp_path / "ProstateX-0218" / "zones.nii.gz")
+    t2 = read_image(repo_root / "Resources" / "SampleData" / "ProstateX-0218" / "t2w")
+    assert _same_geometry(zones, t2)
+    # the axial overlay goes through the gland: that slice has both zones
+    index = segdemo.gland_centre_indices(zones)["axial"]
+    plane, _, _ = segdemo.render.display_slice(zones, "axial", index)
+    assert {1, 2} <= set(np.unique(plane))

@@ -181,3 +181,42 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys):
     assert set(np.unique(sitk.GetArrayViewFromImage(seg)).tolist()) <= {0, 1}
     with pytest.raises(InputError, match="Nothing to resume"):
         train.run_training(train.TrainConfig(data=str(data), out=str(tmp_path / "other")), resume=True)
+
+
+def test_zone_model_training_path_and_cascade(tmp_path, prostatex_data, capsys):
+    """The zone model's path end to end: T2 + gland-mask channels from a JSON list, zones relabelled
+    to TZ only, a (tiny) training run, then the cascade using that model."""
+    case = prostatex_data / "ProstateX-0000"
+    data = tmp_path / "zones.json"
+    data.write_text(json.dumps([{"name": "P0", "image": [str(case / "t2w"), str(case / "masks" / "prostate.nii.gz")],
+                                 "label": str(case / "masks" / "zones.nii.gz")}]))
+    out = tmp_path / "zones"
+    assert cli.main(["train", "--data", str(data), "--out", str(out), "--channels", "T2,prostate_mask",
+                     "--labels", "background,TZ", "--label-map", "1=0,2=1", "--val-fraction", "0",
+                     "--epochs", "1", "--iterations", "2", "--patch", "16,48,48", "--features", "4,8,8,8,8",
+                     "--threads", "1"]) == 0
+    model, meta = train.load_model(out / "model.pt")
+    assert meta["channels"] == ["T2", "prostate_mask"] and meta["labels"] == {"0": "background", "1": "TZ"}
+    assert meta["preprocess"]["normalization"]["not_normalised"] == ["prostate_mask"]
+
+    # the mask channel is resampled, not normalised; the label keeps only TZ
+    prepared = dataset.prepare_case(dataset.discover_cases(data)[0], channel_names=("T2", "prostate_mask"),
+                                    label_map={1: 0, 2: 1})
+    gland = sitk.ReadImage(str(case / "masks" / "prostate.nii.gz"))
+    zones = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "masks" / "zones.nii.gz")))
+    assert prepared.image[1].min() == 0.0 and prepared.image[1].max() == 1.0
+    ml = np.prod(preprocess.WORKING_SPACING) / 1000
+    gland_ml = sitk.GetArrayViewFromImage(gland).sum() * np.prod(gland.GetSpacing()) / 1000
+    assert prepared.image[1].sum() * ml == pytest.approx(gland_ml, rel=0.03)  # partial volume preserved
+    tz_ml = (zones == 2).sum() * np.prod(gland.GetSpacing()) / 1000
+    assert set(np.unique(prepared.label)) == {0, 1}
+    assert prepared.label.sum() * ml == pytest.approx(tz_ml, rel=0.1)
+
+    from ProstateAILib import pipeline
+
+    t2 = sitk.ReadImage(str(case / "masks" / "prostate.nii.gz"))  # geometry only
+    result = pipeline.segment(pipeline.read_inputs(case / "t2w"), zones_model=str(out / "model.pt"), threads=1)
+    p = sitk.GetArrayViewFromImage(result.prostate)
+    z = sitk.GetArrayViewFromImage(result.zones)
+    assert np.array_equal(p == 1, z > 0) and result.report["models"]["zones"]["name"] == "model"
+    assert result.zones.GetSize() == t2.GetSize()

@@ -160,12 +160,22 @@ def compare_sliding_window(t2_path=CASE_T2, repeat: int = 3, threads: int = 2, m
     window placement, see `aligned_crop`) is run once and isolates the blending itself.
     """
     import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _compare(t2_path, repeat, model_name, batch_size, overlap, aligned)
+    finally:
+        torch.set_num_threads(previous_threads)  # callers (tests) keep their own setting
+
+
+def _compare(t2_path, repeat: int, model_name: str | None, batch_size: int, overlap: float, aligned: bool) -> dict:
+    import torch
     from monai.inferers import sliding_window_inference
 
     from . import inference, models, pipeline, preprocess
 
-    if threads:
-        torch.set_num_threads(threads)
     catalog = models.load_catalog()
     name = model_name or models.default_model("gland", catalog)
     model, meta = models.load(name, device="cpu", catalog=catalog)

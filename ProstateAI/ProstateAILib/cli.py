@@ -7,6 +7,7 @@ User errors (`InputError`) are printed as one clear line with exit status 2, nev
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import Cancelled, InputError
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that sleep instead of spin-waiting: on a busy 2-core machine spinning threads
+    # made `segment` 2.5x slower (24.9 s vs 9.4 s measured); set before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `--progress` (anywhere on the line) makes long commands print PROGRESS lines for jobs.Job.

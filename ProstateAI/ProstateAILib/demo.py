@@ -16,6 +16,7 @@ from pathlib import Path
 DEMOS = (
     ("CT preprocessing", "CTPreprocessLib.demo"),
     ("MR standardisation (N4, Nyul, ADC -> T2 registration)", "MRStandardizeLib.demo"),
+    ("Prostate segmentation (gland, PZ, TZ)", "ProstateAILib.segdemo"),
 )
 
 

@@ -84,20 +84,20 @@ def sliding_window(
     accum = None
     norm = torch.zeros(shape, device=device)
     passes = [()] + [tuple(a) for a in flip_axes]
-    total = len(starts) * len(passes)
     done = 0
     for i in range(0, len(starts), batch_size):
         chunk = starts[i:i + batch_size]
         windows = torch.stack([
             padded[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]] for z, y, x in chunk
         ]).to(device)
+        # One forward for the windows and all their flipped copies: bigger batches are faster on
+        # CPU than several small ones (and never batch-1, see _forward).
+        inputs = torch.cat([torch.flip(windows, [a + 2 for a in axes]) if axes else windows for axes in passes])
+        out = torch.softmax(_forward(model, inputs).float(), dim=1)
         probs = 0.0
-        for axes in passes:
-            dims = [a + 2 for a in axes]
-            inp = torch.flip(windows, dims) if dims else windows
-            out = torch.softmax(_forward(model, inp).float(), dim=1)
-            probs = probs + (torch.flip(out, dims) if dims else out)
-            done += len(chunk)
+        for k, axes in enumerate(passes):
+            part = out[k * len(chunk):(k + 1) * len(chunk)]
+            probs = probs + (torch.flip(part, [a + 2 for a in axes]) if axes else part)
         probs = probs / len(passes)
         if accum is None:
             accum = torch.zeros((probs.shape[1],) + tuple(shape), device=device)
@@ -105,10 +105,26 @@ def sliding_window(
             region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
             accum[(slice(None),) + region] += p * weights
             norm[region] += weights
+        done += len(chunk)
         if progress is not None:
-            progress(done / total, "sliding-window inference")
+            progress(done / len(starts), "sliding-window inference")
     accum = accum / norm
     return accum[(slice(None),) + tuple(crop)].cpu().numpy()
+
+
+def window_patch(settings: dict, shape_zyx, divisor=(1, 16, 16), max_inplane: int = 256) -> tuple[int, int, int]:
+    """The inference window for a working volume of `shape_zyx`.
+
+    "layout": "patch" uses the training patch (`patch_zyx`); "whole-plane" keeps the training
+    patch's depth but covers the whole plane in one window (rounded up to the network's divisor,
+    at most `max_inplane`): a fully convolutional net then sees the same context everywhere and
+    needs 9x fewer in-plane windows on a 128 x 128 plane.
+    """
+    patch = tuple(int(v) for v in settings.get("patch_zyx", (16, 80, 80)))
+    if settings.get("layout", "patch") != "whole-plane":
+        return patch
+    inplane = [min(max_inplane, int(math.ceil(n / d) * d)) for n, d in zip(shape_zyx[1:], divisor[1:])]
+    return (patch[0], max(patch[1], inplane[0]), max(patch[2], inplane[1]))
 
 
 def _forward(model, batch: torch.Tensor) -> torch.Tensor:
@@ -147,7 +163,8 @@ def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bo
     spacing = tuple(metadata["preprocess"]["spacing_xyz_mm"])
     volume, working = preprocess.to_working_image(list(channels), spacing, metadata.get("channels"))
     flips = tuple(tuple(a) for a in settings.get("tta_flip_axes_zyx", [[2]])) if tta else ()
-    probs = sliding_window(model, volume, tuple(settings.get("patch_zyx", (16, 80, 80))),
+    patch = window_patch(settings, volume.shape[1:], getattr(model, "divisor", (1, 16, 16)))
+    probs = sliding_window(model, volume, patch,
                            overlap=settings.get("overlap", 0.5) if overlap is None else overlap,
                            flip_axes=flips, device=device, progress=progress)
     return preprocess.probabilities_to_original(probs, working, channels[0])

@@ -22,6 +22,17 @@ from .errors import InputError
 MODEL_FORMAT = "prostateai-seg-model"
 
 
+def pick_device(name: str = "auto"):
+    """torch device: "auto" = cuda when available, else cpu; a clear error for unavailable cuda."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu.")
+    return torch.device(name)
+
+
 def catalog_path() -> Path:
     if os.environ.get("PROSTATEAI_MODELS"):
         return Path(os.environ["PROSTATEAI_MODELS"])

@@ -205,11 +205,10 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     import torch
 
     from .inference import predict_probabilities
-    from .train import pick_device
 
     if threads:
         torch.set_num_threads(threads)
-    dev = pick_device(device)
+    dev = models.pick_device(device)
     original_t2 = inputs.t2
     inputs = canonical_inputs(inputs)  # every step below sees the same axes whatever the storage order
     timings: dict[str, float] = {}

@@ -100,10 +100,7 @@ def learning_rate(cfg: TrainConfig, iteration: int, total: int) -> float:
 
 # ---------------------------------------------------------------- helpers
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from .models import pick_device  # noqa: E402,F401  (one definition, light module)
 
 
 def seed_everything(seed: int) -> None:
@@ -174,27 +171,34 @@ def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device)
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 
-def tune_threshold(model, metadata: dict, cases: list[ds.PreparedCase], device, thresholds=THRESHOLDS) -> dict:
-    """Foreground-probability threshold (binary models) that maximises the mean validation Dice
-    after largest-component post-processing, with deployment settings (overlap, flip TTA).
+LAYOUTS = ("patch", "whole-plane")
 
-    Returns {"threshold", "mean_dice", "per_case" (at that threshold), "table" {t: mean Dice}}.
+
+def tune_threshold(model, metadata: dict, cases: list[ds.PreparedCase], device, thresholds=THRESHOLDS,
+                   layouts=LAYOUTS) -> dict:
+    """Window layout (`inference.window_patch`) and foreground-probability threshold (binary models)
+    that maximise the mean validation Dice after largest-component post-processing, with the
+    deployment settings (overlap 0.5, flip TTA, original grid).
+
+    Returns {"layout", "threshold", "mean_dice", "per_case" (at that choice), "table" {layout: {t: Dice}}}.
     """
-    settings = metadata.get("inference", {})
+    settings = dict(metadata.get("inference", {}))
     flips = tuple(tuple(a) for a in settings.get("tta_flip_axes_zyx", [[2]]))
-    scores = {t: {} for t in thresholds}
+    scores = {(layout, t): {} for layout in layouts for t in thresholds}
     model.eval()
     for case in cases:
-        probs = inference.sliding_window(model, case.image, tuple(settings.get("patch_zyx")),
-                                         overlap=settings.get("overlap", 0.5), flip_axes=flips, device=device)
-        foreground = preprocess.probabilities_to_original(probs, case.working, case.original)[1]
-        truth = ds.sitk.GetArrayViewFromImage(case.original) == 1
-        for t in thresholds:
-            scores[t][case.name] = metrics.dice(inference.keep_largest_component(foreground >= t), truth)
-    table = {t: float(np.mean(list(v.values()))) for t, v in scores.items()}
-    best = max(thresholds, key=lambda t: (table[t], -abs(t - 0.5)))  # ties: closest to 0.5
-    return {"threshold": best, "mean_dice": table[best], "per_case": scores[best],
-            "table": {f"{t:.2f}": round(v, 5) for t, v in table.items()}}
+        for layout in layouts:
+            patch = inference.window_patch({**settings, "layout": layout}, case.image.shape[1:], model.divisor)
+            probs = inference.sliding_window(model, case.image, patch, overlap=settings.get("overlap", 0.5),
+                                             flip_axes=flips, device=device)
+            foreground = preprocess.probabilities_to_original(probs, case.working, case.original)[1]
+            truth = ds.sitk.GetArrayViewFromImage(case.original) == 1
+            for t in thresholds:
+                scores[layout, t][case.name] = metrics.dice(inference.keep_largest_component(foreground >= t), truth)
+    table = {key: float(np.mean(list(v.values()))) for key, v in scores.items()}
+    best = max(table, key=lambda key: (round(table[key], 4), key[0] == "whole-plane", -abs(key[1] - 0.5)))
+    return {"layout": best[0], "threshold": best[1], "mean_dice": table[best], "per_case": scores[best],
+            "table": {layout: {f"{t:.2f}": round(table[layout, t], 5) for t in thresholds} for layout in layouts}}
 
 
 def finalize_run(out: str | os.PathLike, data: str | None = None, threads: int = 2, log=print) -> dict:
@@ -216,9 +220,10 @@ def finalize_run(out: str | os.PathLike, data: str | None = None, threads: int =
                                 label_map=training.get("label_map") or None) for n in val_names]
     result = tune_threshold(model, metadata, prepared, pick_device("cpu"))
     metadata["inference"]["threshold"] = result["threshold"]
+    metadata["inference"]["layout"] = result["layout"]
     metadata.setdefault("validation", {})["deployment"] = result
     save_model(model, metadata, out / "model.pt")
-    log(f"threshold {result['threshold']:.2f}: mean validation Dice {result['mean_dice']:.4f} "
+    log(f"layout {result['layout']}, threshold {result['threshold']:.2f}: mean validation Dice {result['mean_dice']:.4f} "
         f"(table {result['table']})")
     return result
 
