@@ -11,7 +11,7 @@ import os
 import sys
 
 from .errors import Cancelled, InputError
-from .progress import print_progress
+from .progress import print_progress, terminal_bar
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--progress" in extra:
         extra.remove("--progress")
         args.progress_fn = print_progress
+    elif sys.stderr.isatty():
+        args.progress_fn = terminal_bar()
     else:
         args.progress_fn = None
     if extra:

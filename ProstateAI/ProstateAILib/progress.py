@@ -20,6 +20,17 @@ def print_progress(fraction: float, message: str = "") -> None:
     print(f"{PREFIX}{min(max(fraction, 0.0), 1.0):.4f} {message}", file=sys.stderr, flush=True)
 
 
+def terminal_bar(width: int = 30) -> ProgressFn:
+    """A one-line progress bar on stderr (for people at a terminal; jobs use `print_progress`)."""
+    def show(fraction: float, message: str = "") -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = int(round(fraction * width))
+        end = "\n" if fraction >= 1.0 else ""
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:6.1%} {message[:60]:<60}", end=end,
+              file=sys.stderr, flush=True)
+    return show
+
+
 def parse_progress(line: str) -> tuple[float, str] | None:
     if not line.startswith(PREFIX):
         return None

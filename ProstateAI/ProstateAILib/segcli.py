@@ -113,8 +113,9 @@ def _train(args) -> int:
         **({"task": args.task} if args.task else {}),
         command=" ".join(shlex.quote(a) for a in ["prostateai"] + sys.argv[1:]),
     )
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # log lines replace the terminal progress bar
     result = train.run_training(cfg, resume=args.resume, progress=args.progress_fn,
-                                log=lambda m: print(m, flush=True))
+                                log=lambda m: print(clear + m, flush=True))
     best = result["best"]
     print(f"best validation Dice {best['dice']:.4f} at epoch {best['epoch']}; model: {result['out']}/model.pt")
     return 0
