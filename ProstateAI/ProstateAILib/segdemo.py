@@ -76,7 +76,7 @@ def save_overlay_png(t2: sitk.Image, zones: sitk.Image, path, axis: str, index: 
     fig.text(0.01, 1 - 0.5 * title_px / (height_px + title_px), f"{title}  [{axis} {index}]", ha="left",
              va="center", color="white", fontsize=9)
     for k, value in enumerate(sorted(colours, reverse=True)):  # legend in the title bar, right-aligned
-        fig.text(0.99 - 0.07 * k, 1 - 0.5 * title_px / (height_px + title_px), f"■ {names[value]}",
+        fig.text(0.99 - 0.09 * k, 1 - 0.5 * title_px / (height_px + title_px), f"■ {names[value]}",
                  color=colours[value], fontsize=10, fontweight="bold", ha="right", va="center")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
