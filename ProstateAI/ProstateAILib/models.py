@@ -148,8 +148,9 @@ def catalog_entry(name: str, version: str, task: str, weights: Path, metadata: d
             "per_case_dice": deployment.get("per_case", validation.get("per_case")),
             "threshold": metadata.get("inference", {}).get("threshold", 0.5),
             "epoch": validation.get("epoch"),
-            "how": "whole volume on the original grid, overlap 0.5, flip TTA, tuned threshold, largest component"
-            if deployment else "validation during training",
+            "how": (f"whole volume on the original grid, {metadata.get('inference', {}).get('layout', 'patch')} windows, "
+                    f"overlap {metadata.get('inference', {}).get('overlap', 0.5)}, flip TTA, tuned threshold, "
+                    "largest component") if deployment else "validation during training",
         },
         **({"card": card} if card else {}),
     }
