@@ -67,6 +67,16 @@ def display_slice(image: sitk.Image, axis: str = "axial", index: int | None = No
     return np.array(plane), aspect, index  # copy before `lps` (which owns the memory) goes away
 
 
+def draw_edge_letters(ax, axis: str = "axial", fontsize: int = 11) -> None:
+    """Patient-direction letters (EDGE_LABELS) at the four edges of a view drawn by display_slice."""
+    left, right, top, bottom = EDGE_LABELS[axis]
+    style = {"color": "yellow", "fontsize": fontsize, "fontweight": "bold", "transform": ax.transAxes}
+    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+
+
 def _figure(width_px: int, height_px: int, dpi: int = 100) -> Figure:
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="black")
     FigureCanvasAgg(fig)
@@ -92,12 +102,7 @@ def save_slice_png(image: sitk.Image, path: str | os.PathLike, lo: float, hi: fl
     ax = fig.add_axes((0, 0, 1, image_height / (image_height + title_px)))
     ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
-    left, right, top, bottom = EDGE_LABELS[axis]
-    style = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}
-    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
-    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
-    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
-    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+    draw_edge_letters(ax, axis)
     if title:
         fig.text(0.5, 1 - 0.5 * title_px / (image_height + title_px), f"{title}  [{axis} {index}]",
                  ha="center", va="center", color="white", fontsize=10)

@@ -213,7 +213,7 @@ def save_n4_png(before: sitk.Image, after: sitk.Image, bias_field: sitk.Image, p
             heat = ax.imshow(overlay, cmap=colormaps[BIAS_COLORMAP], alpha=BIAS_ALPHA, interpolation="bilinear",
                              vmin=float(overlay.min()), vmax=float(overlay.max()), aspect="auto")
         ax.set_axis_off()
-        _edge_letters(ax)
+        render.draw_edge_letters(ax, "axial", fontsize=10)
         ax.text(0.5, 1.0 + 0.12 / panel_h, name + ("" if overlay is not None else f"  [{lo:.0f}, {hi:.0f}]"),
                 transform=ax.transAxes, ha="center", va="bottom", color="white", fontsize=9)
     if heat is not None:
@@ -227,15 +227,6 @@ def save_n4_png(before: sitk.Image, after: sitk.Image, bias_field: sitk.Image, p
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
     return str(path)
-
-
-def _edge_letters(ax) -> None:
-    left, right, top, bottom = render.EDGE_LABELS["axial"]  # same letters as the CT previews
-    style = {"color": "yellow", "fontsize": 10, "fontweight": "bold", "transform": ax.transAxes}
-    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
-    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
-    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
-    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from . import models, preprocess
 from .errors import InputError
-from .imageio import read_image_with_source, validate_volume
+from .imageio import _current_umask, read_image_with_source, validate_volume
 from .progress import ProgressFn, scaled
 
 MIN_PROSTATE_ML = 1.0  # a smaller largest component is noise, not a gland
@@ -59,12 +59,6 @@ class Result:
 
 
 # ---------------------------------------------------------------- inputs
-
-def _corners(image: sitk.Image) -> np.ndarray:
-    size = np.array(image.GetSize()) - 1
-    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in np.array(idx) * size])
-                     for idx in np.ndindex(2, 2, 2)])
-
 
 def overlap_fraction(moving: sitk.Image, fixed: sitk.Image, samples: int = 12) -> float:
     """Fraction of a regular sample of the fixed image's voxel centres that fall inside `moving`."""
@@ -183,12 +177,6 @@ def _crop(image: sitk.Image, roi) -> sitk.Image:
     return sitk.RegionOfInterest(image, size, index)
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    from .inference import keep_largest_component
-
-    return keep_largest_component(mask) if mask.any() else mask.astype(bool)
-
-
 def _image_like(array: np.ndarray, reference: sitk.Image, dtype) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
     image.CopyInformation(reference)
@@ -204,7 +192,7 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     """Run the cascade on prepared inputs. Raises NoProstateFound when the gland is absent."""
     import torch
 
-    from .inference import predict_probabilities
+    from .inference import keep_largest_component, predict_probabilities
 
     if threads:
         torch.set_num_threads(threads)
@@ -226,7 +214,7 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     p_gland = predict_probabilities(net1, meta1, _channels_for(meta1, inputs), device=dev, tta=tta,
                                     progress=scaled(progress, 0.0, 0.6))[1]
     threshold1 = float(meta1.get("inference", {}).get("threshold", 0.5))
-    prostate = _largest(p_gland >= threshold1)
+    prostate = keep_largest_component(p_gland >= threshold1)
     timings["gland"] = time.perf_counter() - t0
     volume = float(prostate.sum()) * voxel_ml(inputs.t2)
     if volume < MIN_PROSTATE_ML:
@@ -242,7 +230,7 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     p_tz[roi] = predict_probabilities(net2, meta2, _channels_for(meta2, cropped, prostate[roi]), device=dev,
                                       tta=tta, progress=scaled(progress, 0.6, 0.95))[1]
     threshold2 = float(meta2.get("inference", {}).get("threshold", 0.5))
-    tz = _largest((p_tz >= threshold2) & prostate)
+    tz = keep_largest_component((p_tz >= threshold2) & prostate)
     zones = np.where(prostate, np.where(tz, 2, 1), 0).astype(np.uint8)
     timings["zones"] = time.perf_counter() - t0
 
@@ -294,10 +282,15 @@ def label_layers(result: Result) -> dict[str, sitk.Image]:
     return {"prostate": result.prostate, "zones": result.zones}
 
 
-def write_outputs(result: Result, out: str | os.PathLike, write_seg=True) -> Path:
-    """Write every output into a staging folder, then move the files into OUT (created if needed)."""
+def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, started: float | None = None) -> Path:
+    """Write every output into a staging folder, then move the files into OUT (created if needed).
+
+    report.json is written last, with the time spent writing the other files and, when `started`
+    (a time.perf_counter() value) is given, the total time since then.
+    """
     from . import segfile
 
+    t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -313,6 +306,10 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True) -> Pat
             segments = [segfile.Segment(name, layers[layer], value, colour, code)
                         for name, layer, value, colour, code in SEGMENTS]
             segfile.write_seg_nrrd(segments, staging / "segmentation.seg.nrrd")
+        timings = result.report.setdefault("timings_s", {})
+        timings["write_outputs"] = round(time.perf_counter() - t0, 3)
+        if started is not None:
+            timings["total"] = round(time.perf_counter() - started, 3)
         (staging / "report.json").write_text(json.dumps(result.report, indent=2))
         _move_into(staging, out)
     finally:
@@ -321,8 +318,7 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True) -> Pat
 
 
 def _move_into(staging: Path, out: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700; give outputs normal permissions
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
     if not out.exists():
@@ -349,14 +345,7 @@ def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device=
     load_s = time.perf_counter() - t0
     result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads)
     result.report["timings_s"] = {"read_inputs": round(load_s, 3), **result.report["timings_s"]}
-    t0 = time.perf_counter()
-    # the total is known only once the files exist: write, then rewrite report.json atomically
-    write_outputs(result, out)
-    result.report["timings_s"]["write_outputs"] = round(time.perf_counter() - t0, 3)
-    result.report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
-    from .imageio import write_text
-
-    write_text(json.dumps(result.report, indent=2), Path(out) / "report.json")
+    write_outputs(result, out, started=start)
     if progress is not None:
         progress(1.0, f"wrote {out}")
     return result.report

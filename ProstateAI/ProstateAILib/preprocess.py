@@ -24,6 +24,7 @@ from CTPreprocessLib import resample
 from MRStandardizeLib.normalize import normalize
 
 from .errors import InputError
+from .imageio import same_grid
 
 WORKING_SPACING = (1.5, 1.5, 3.6)  # mm, SimpleITK (x, y, z) order
 PERCENTILES = (1.0, 99.0)
@@ -116,23 +117,17 @@ def to_working_image(channels: list[sitk.Image], spacing=WORKING_SPACING,
     return np.stack(arrays).astype(np.float32), reference
 
 
-def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
-
-
 def label_to_working(label: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """Mask -> uint8 array (Z, Y, X) on the working grid (Gaussian label interpolation)."""
     label = sitk.Cast(label, sitk.sitkUInt8)
-    if same_geometry(label, reference):
+    if same_grid(label, reference):
         return sitk.GetArrayFromImage(label).astype(np.uint8)
     return sitk.GetArrayFromImage(resample_like(label, reference, "label_gaussian")).astype(np.uint8)
 
 
 def probabilities_to_original(probs: np.ndarray, working: sitk.Image, original: sitk.Image) -> np.ndarray:
     """Class probabilities (K, Z, Y, X) on the working grid -> (K, z, y, x) on the original grid."""
-    if same_geometry(working, original):
+    if same_grid(working, original):
         return probs
     out = []
     for channel in probs:

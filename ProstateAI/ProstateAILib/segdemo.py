@@ -67,12 +67,7 @@ def save_overlay_png(t2: sitk.Image, zones: sitk.Image, path, axis: str, index: 
     ax.set_xlim(-0.5, cols - 0.5)
     ax.set_ylim(rows - 0.5, -0.5)
     ax.set_axis_off()
-    left, right, top, bottom = render.EDGE_LABELS[axis]
-    style = {"color": "yellow", "fontsize": 11, "fontweight": "bold", "transform": ax.transAxes}
-    ax.text(0.01, 0.5, left, ha="left", va="center", **style)
-    ax.text(0.99, 0.5, right, ha="right", va="center", **style)
-    ax.text(0.5, 0.99, top, ha="center", va="top", **style)
-    ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+    render.draw_edge_letters(ax, axis)
     fig.text(0.01, 1 - 0.5 * title_px / (height_px + title_px), f"{title}  [{axis} {index}]", ha="left",
              va="center", color="white", fontsize=9)
     for k, value in enumerate(sorted(colours, reverse=True)):  # legend in the title bar, right-aligned
