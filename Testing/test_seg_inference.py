@@ -123,3 +123,24 @@ def test_keep_largest_component():
     mask[2, 15:17, 15:17] = True
     out = inference.keep_largest_component(mask)
     assert out.sum() == 3 * 8 * 8 and not out[2, 15, 15]
+    assert not inference.keep_largest_component(np.zeros((3, 4, 4), bool)).any()
+
+
+def test_keep_largest_component_matches_scipy_26_connectivity():
+    """Independent reference: scipy.ndimage.label with the full 3x3x3 structure on random blobs,
+    where components touching only at corners must merge (26-connectivity)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        mask = ndimage.binary_opening(rng.random((12, 40, 40)) > 0.55)
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labels.ravel())[1:]
+        if n < 2 or (sizes == sizes.max()).sum() > 1:
+            continue  # ties have no unique answer
+        expected = labels == 1 + int(np.argmax(sizes))
+        np.testing.assert_array_equal(inference.keep_largest_component(mask), expected)
+    corner = np.zeros((3, 6, 6), bool)
+    corner[0, 0, 0] = corner[1, 1, 1] = corner[2, 2, 2] = True  # diagonal chain: one 26-component
+    corner[0, 5, 5] = True
+    assert inference.keep_largest_component(corner).sum() == 3

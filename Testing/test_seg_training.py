@@ -107,6 +107,19 @@ def test_working_grid_roundtrip(promise12_data):
     assert 2 * (back * truth).sum() / (back.sum() + truth.sum()) > 0.95
 
 
+def test_binary_probabilities_to_original_equals_resampling_each_class(promise12_data):
+    """The binary shortcut (resample the foreground, background = 1 - it) equals resampling both."""
+    image = sitk.ReadImage(str(promise12_data / "case13_t2.nii.gz"))
+    _, working = preprocess.to_working_image([image])
+    rng = np.random.default_rng(0)
+    fg = rng.random(working.GetSize()[::-1]).astype(np.float32)
+    probs = np.stack([1 - fg, fg])
+    fast = preprocess.probabilities_to_original(probs, working, image)
+    three = preprocess.probabilities_to_original(np.stack([1 - fg, fg, np.zeros_like(fg)]), working, image)
+    np.testing.assert_allclose(fast, three[:2], atol=1e-5)
+    assert fast.shape == (2, *sitk.GetArrayViewFromImage(image).shape)
+
+
 def test_sampler_without_augmentation_crops_exact_voxels(prepared):
     off = dataset.AugmentConfig(p_rotation=0, p_scale=0, flip_probs=(0, 0, 0), p_intensity_scale=0, p_shift=0,
                                 p_gamma=0, p_noise=0)

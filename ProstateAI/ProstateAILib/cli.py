@@ -56,5 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """Console entry point: `main()`, then leave without the interpreter's teardown.
+
+    Why: unloading torch's module graph at exit costs ~0.4 s on the 2-core target machine (measured),
+    about a tenth of `prostateai segment`. Every output is already written and closed (atomically)
+    when `main` returns; the standard streams are flushed here.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

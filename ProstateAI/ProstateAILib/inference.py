@@ -139,15 +139,15 @@ def _forward(model, batch: torch.Tensor) -> torch.Tensor:
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 26-connected component of a binary mask (the gland is one object)."""
-    from scipy import ndimage
+    """Largest 26-connected component of a binary mask (the gland is one object).
 
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    SimpleITK, not scipy.ndimage: importing scipy.ndimage alone costs ~0.4 s of `segment`'s 5 s budget.
+    """
+    import SimpleITK as sitk
+
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+    largest = sitk.RelabelComponent(components, 0, True)  # label 1 = largest
+    return sitk.GetArrayFromImage(largest) == 1
 
 
 def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bool = True,

@@ -54,7 +54,8 @@ class TrainConfig:
     warmup: int = 50  # iterations
     val_fraction: float = 0.2
     val_every: int = 2
-    val_overlap: float = 0.1
+    val_overlap: float = 0.25
+    val_tta: bool = True  # validate as deployed (flip TTA) so the best checkpoint is the best deployed model
     p_foreground: float = 0.5
     spacing: tuple[float, float, float] = preprocess.WORKING_SPACING
     seed: int = 0
@@ -67,7 +68,11 @@ class TrainConfig:
     net: dict = field(default_factory=dict)  # NetConfig overrides
     augment: dict = field(default_factory=dict)  # AugmentConfig overrides
     max_cases: int | None = None  # debugging / tests: use only the first N cases
+    init: str | None = None  # start from this model file's weights (fine-tuning / warm restart), new schedule
     command: str = ""
+
+
+VALIDATION_FLIPS = ((2,),)  # flip TTA used for validation and stored as the deployment default
 
 
 # ---------------------------------------------------------------- loss
@@ -124,7 +129,7 @@ def model_metadata(cfg: TrainConfig, net_cfg: network.NetConfig, n_channels: int
         "net": net_cfg.to_dict(),
         "preprocess": preprocess.metadata(cfg.spacing, channels=cfg.channels),
         "inference": {"patch_zyx": list(cfg.patch), "overlap": 0.5, "gaussian_sigma_scale": 0.125,
-                      "tta_flip_axes_zyx": [[2]], "postprocess": "largest connected component"},
+                      "tta_flip_axes_zyx": [list(a) for a in VALIDATION_FLIPS], "postprocess": "largest connected component"},
         "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         **extra,
     }
@@ -145,9 +150,20 @@ def load_model(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, 
     return models.read_model_file(path, device=device)
 
 
+def _initialise_from(model: torch.nn.Module, path: str, log) -> None:
+    """Copy the weights of a model file (same network description) into `model`."""
+    source, _ = load_model(path)
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise InputError(f"--init model '{path}' has a different network than this run: {exc}") from exc
+    log(f"weights initialised from {path}")
+
+
 # ---------------------------------------------------------------- validation
 
-def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device) -> dict:
+
+def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device, flip_axes=()) -> dict:
     """Whole-volume Dice per case on the ORIGINAL grid (mean over foreground labels).
 
     Returns {case: {"raw": argmax Dice, "lcc": Dice after keeping each label's largest connected
@@ -156,7 +172,8 @@ def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device)
     model.eval()
     per_case = {}
     for case in cases:
-        probs = inference.sliding_window(model, case.image, patch, overlap=overlap, device=device)
+        probs = inference.sliding_window(model, case.image, patch, overlap=overlap, flip_axes=flip_axes,
+                                         device=device)
         probs = preprocess.probabilities_to_original(probs, case.working, case.original)
         pred = probs.argmax(0)
         truth = ds.sitk.GetArrayViewFromImage(case.original)
@@ -338,6 +355,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
                               mask_channels=mask_channels)
 
     history, best, start_epoch = [], {"dice": -float("inf"), "epoch": 0}, 1
+    if cfg.init and checkpoint is None:
+        _initialise_from(model, cfg.init, log)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -373,7 +392,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
         val_dice, val_raw, per_case, val_seconds = "", "", {}, 0.0
         if val_cases and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             t1 = time.time()
-            per_case = validate(model, val_cases, cfg.patch, cfg.val_overlap, device)
+            per_case = validate(model, val_cases, cfg.patch, cfg.val_overlap, device,
+                                flip_axes=VALIDATION_FLIPS if cfg.val_tta else ())
             val_dice = float(np.mean([d["lcc"] for d in per_case.values()]))
             val_raw = float(np.mean([d["raw"] for d in per_case.values()]))
             val_seconds = time.time() - t1
