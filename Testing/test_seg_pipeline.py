@@ -35,8 +35,17 @@ def t2(case):
 
 @pytest.fixture(scope="module")
 def segmented(case, tmp_path_factory):
+    import torch
+
     out = tmp_path_factory.mktemp("seg") / "ProstateX-0000"
-    report = pipeline.run(case / "t2w", out, adc=case / "adc", hbv=case / "hbv", threads=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = pipeline.run(case / "t2w", out, adc=case / "adc", hbv=case / "hbv", threads=2)
+        # Slicer runs the Logic in its own process: the caller's torch thread setting must survive
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     return out, report
 
 

@@ -150,6 +150,15 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(largest) == 1
 
 
+def foreground_mask(probability: np.ndarray, threshold: float, within: np.ndarray | None = None) -> np.ndarray:
+    """Deployment post-processing of a binary model: threshold (tuned on validation), optionally
+    restricted to `within`, then the largest component."""
+    mask = probability >= threshold
+    if within is not None:
+        mask &= within
+    return keep_largest_component(mask)
+
+
 def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bool = True,
                           overlap: float | None = None, progress: ProgressFn | None = None) -> np.ndarray:
     """Class probabilities (K, z, y, x) on the first channel's (T2) original grid.
@@ -179,12 +188,17 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
 
 def segment_image(model, metadata: dict, channels, device="cpu", tta: bool = True, largest_component: bool = True,
                   progress: ProgressFn | None = None):
-    """Label map (uint8 SimpleITK image on the T2 grid): argmax, then per label the largest component."""
+    """Label map (uint8 SimpleITK image on the T2 grid). Binary models: the tuned threshold and the
+    largest component, as `prostateai segment` does; multi-class: argmax, then per label."""
     import SimpleITK as sitk
 
     probs = predict_probabilities(model, metadata, channels, device=device, tta=tta, progress=progress)
-    labels = probabilities_to_labels(probs, metadata.get("inference", {}).get("threshold", 0.5))
-    if largest_component:
+    threshold = metadata.get("inference", {}).get("threshold", 0.5)
+    if largest_component and probs.shape[0] == 2:
+        labels = foreground_mask(probs[1], threshold).astype(np.uint8)
+    else:
+        labels = probabilities_to_labels(probs, threshold)
+    if largest_component and probs.shape[0] > 2:
         for value in range(1, probs.shape[0]):
             component = keep_largest_component(labels == value)
             labels[(labels == value) & ~component] = 0

@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import models, preprocess
+from . import __version__, models, preprocess
 from .errors import InputError
 from .imageio import _current_umask, read_image_with_source, validate_volume
 from .progress import ProgressFn, scaled
 
 MIN_PROSTATE_ML = 1.0  # a smaller largest component is noise, not a gland
-PROGRAM_VERSION = "0.1.0"
 
 # name, output map, label value, colour (RGB 0-1), SNOMED CT code and meaning (DICOM SEG / terminology)
 SEGMENTS = (
@@ -192,11 +191,18 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     """Run the cascade on prepared inputs. Raises NoProstateFound when the gland is absent."""
     import torch
 
-    from .inference import keep_largest_component, predict_probabilities
-
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    dev = models.pick_device(device)
+    try:
+        return _segment(inputs, gland_model, zones_model, models.pick_device(device), tta, progress)
+    finally:
+        torch.set_num_threads(previous_threads)  # in Slicer the process (and torch) is shared
+
+
+def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress) -> Result:
+    from .inference import foreground_mask, predict_probabilities
+
     original_t2 = inputs.t2
     inputs = canonical_inputs(inputs)  # every step below sees the same axes whatever the storage order
     timings: dict[str, float] = {}
@@ -214,7 +220,7 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     p_gland = predict_probabilities(net1, meta1, _channels_for(meta1, inputs), device=dev, tta=tta,
                                     progress=scaled(progress, 0.0, 0.6))[1]
     threshold1 = float(meta1.get("inference", {}).get("threshold", 0.5))
-    prostate = keep_largest_component(p_gland >= threshold1)
+    prostate = foreground_mask(p_gland, threshold1)
     timings["gland"] = time.perf_counter() - t0
     volume = float(prostate.sum()) * voxel_ml(inputs.t2)
     if volume < MIN_PROSTATE_ML:
@@ -230,14 +236,14 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
     p_tz[roi] = predict_probabilities(net2, meta2, _channels_for(meta2, cropped, prostate[roi]), device=dev,
                                       tta=tta, progress=scaled(progress, 0.6, 0.95))[1]
     threshold2 = float(meta2.get("inference", {}).get("threshold", 0.5))
-    tz = keep_largest_component((p_tz >= threshold2) & prostate)
+    tz = foreground_mask(p_tz, threshold2, within=prostate)
     zones = np.where(prostate, np.where(tz, 2, 1), 0).astype(np.uint8)
     timings["zones"] = time.perf_counter() - t0
 
     ml = voxel_ml(inputs.t2)
     back = lambda array, dtype: _to_input_axes(_image_like(array, inputs.t2, dtype), original_t2)  # noqa: E731
     report = {
-        "program": {"name": "ProstateAI", "version": PROGRAM_VERSION},
+        "program": {"name": "ProstateAI", "version": __version__},
         "models": {
             "gland": _model_info(meta1, threshold1),
             "zones": _model_info(meta2, threshold2),
