@@ -48,6 +48,7 @@ from CTPreprocessLib.window import (
     window_from_preset,
 )
 from ProstateAILib.errors import InputError
+from ProstateAIWidgetBase import ParameterNodeWidgetMixin
 from ProstateAIMRML import add_volume_node, image_from_volume_node, update_volume_node_from_image
 
 SAMPLE_CT_FILE = "sample_ct_abdomen_pelvis.nii.gz"
@@ -158,15 +159,13 @@ def _plain(value):
 #
 
 
-class CTPreprocessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+class CTPreprocessWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
     """Thin GUI: all state is in the parameter node, all work in CTPreprocessLogic."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._plotWidget = None
         self._reacting = False
         self._lastWindowState = None
@@ -175,11 +174,7 @@ class CTPreprocessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTPreprocess.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        # The .ui connects the top-level mrmlSceneChanged signal to every node selector.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.loadModuleUi("CTPreprocess")
 
         self.logic = CTPreprocessLogic()
 
@@ -189,9 +184,6 @@ class CTPreprocessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # 
         self.ui.histogramPlotFrame.layout().addWidget(self._plotWidget)
         self.ui.progressBar.visible = False
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.restoreDisplayButton.connect("clicked(bool)", self.onRestoreDisplayButton)
 
@@ -200,40 +192,9 @@ class CTPreprocessWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # 
     def cleanup(self) -> None:
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        self._lastWindowState = None
-        if self._parameterNode:
-            # Widgets in the .ui carry a "SlicerParameterName" dynamic property naming their parameter.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._onParameterNodeModified()
+        self._lastWindowState = None  # a new node (or none): the next update re-applies the window
+        super().setParameterNode(inputParameterNode)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         """Keep preset, sliders, display preview and histogram consistent; guard against re-entry."""

@@ -38,6 +38,7 @@ from MRStandardizeLib.n4 import n4_correct
 from ProstateAILib.errors import Cancelled, InputError
 from ProstateAILib.imageio import same_grid
 from ProstateAILib.jobs import Job
+from ProstateAIWidgetBase import ParameterNodeWidgetMixin
 from ProstateAIMRML import add_volume_node, describe_volume, image_from_volume_node
 
 N4_QUALITIES = ("preview", "full")
@@ -132,7 +133,7 @@ class MRStandardizeParameterNode:
 #
 
 
-class MRStandardizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
     """Thin GUI: all state is in the parameter node, all work in MRStandardizeLogic."""
 
     POLL_INTERVAL_MS = 200
@@ -141,8 +142,6 @@ class MRStandardizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  #
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._plotWidget = None
         self._timer = None
         self._job = None  # (kind, Job, tempdir, nodes dict, start time) of the running background job
@@ -153,11 +152,7 @@ class MRStandardizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  #
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MRStandardize.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        # The .ui connects the top-level mrmlSceneChanged signal to every node selector.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.loadModuleUi("MRStandardize")
         self.logic = MRStandardizeLogic()
 
         self._plotWidget = slicer.qMRMLPlotWidget()
@@ -170,9 +165,6 @@ class MRStandardizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  #
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollJob)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.n4PreviewButton.connect("clicked(bool)", self.onN4Preview)
         self.ui.n4ApplyButton.connect("clicked(bool)", self.onN4Apply)
@@ -192,42 +184,10 @@ class MRStandardizeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  #
         self._discardRunningJob()
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event) -> None:
         self._discardRunningJob()
         self._n4Nodes, self._registrationNodes, self._nyulCharts = {}, {}, {}
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets in the .ui carry a "SlicerParameterName" dynamic property naming their parameter.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._onParameterNodeModified()
+        super().onSceneStartClose(caller, event)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode

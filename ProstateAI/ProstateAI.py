@@ -37,6 +37,7 @@ from ProstateAILib import models, pipeline
 from ProstateAILib.errors import Cancelled, InputError
 from ProstateAILib.imageio import validate_volume
 from ProstateAILib.jobs import Job
+from ProstateAIWidgetBase import ParameterNodeWidgetMixin
 from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -91,7 +92,7 @@ class ProstateAIParameterNode:
 #
 
 
-class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+class ProstateAIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
     """Thin GUI: state in the parameter node, work in ProstateAILogic, segmentation in a child process."""
 
     POLL_INTERVAL_MS = 200
@@ -100,18 +101,12 @@ class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # no
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._timer = None
         self._job = None  # (Job, tempdir, T2 node, start time) of the running segmentation
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProstateAI.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        # The .ui connects the top-level mrmlSceneChanged signal to every node selector.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.loadModuleUi("ProstateAI")
         self.logic = ProstateAILogic()
         self.ui.progressBar.visible = False
         self._fillModelComboBoxes()
@@ -121,8 +116,6 @@ class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # no
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollJob)
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.glandModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
@@ -133,41 +126,9 @@ class ProstateAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # no
         self._discardRunningJob()
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event) -> None:
         self._discardRunningJob()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets in the .ui carry a "SlicerParameterName" dynamic property naming their parameter.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-            self._onParameterNodeModified()
+        super().onSceneStartClose(caller, event)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode

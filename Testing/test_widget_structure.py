@@ -166,9 +166,22 @@ def test_ui_names_used_in_module_exist(module):
     source = (REPO / module / f"{module}.py").read_text()
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     assert used, f"{module}.py uses no self.ui.<widget>"
-    assert "loadUI" in source and f'UI/{module}.ui' in source and "childWidgetVariables" in source
+    # The GUI is built from the module's own .ui by the shared mixin (ProstateAIWidgetBase).
+    assert f'self.loadModuleUi("{module}")' in source
     missing = used - set(ui_widgets(ui_tree(module)))
     assert not missing, f"{module}.py uses widgets missing from {module}.ui: {sorted(missing)}"
+
+
+def test_shared_widget_base_builds_from_the_ui_and_comes_first():
+    """The mixin loads Resources/UI/<module>.ui, and each widget lists it before Slicer's base class so
+    its enter/exit/scene-close methods are the ones Slicer calls."""
+    base = (REPO / "ProstateAI" / "ProstateAIWidgetBase.py").read_text()
+    assert "loadUI" in base and 'f"UI/{moduleName}.ui"' in base and "childWidgetVariables" in base
+    for module in MODULES:
+        tree = ast.parse((REPO / module / f"{module}.py").read_text())
+        widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
+        bases = [b.id for b in widget.bases if isinstance(b, ast.Name)]
+        assert bases[:2] == ["ParameterNodeWidgetMixin", "ScriptedLoadableModuleWidget"], bases
 
 
 # -- parameter node wrapper -------------------------------------------------------------------------
@@ -372,8 +385,8 @@ def test_cmake_configures_with_stub_slicer(tmp_path):
         scripts, resources = set(entries[1:split]), set(entries[split + 1:])
         lib_files = {p.relative_to(REPO / module).as_posix() for p in (REPO / module / f"{module}Lib").rglob("*.py")}
         assert lib_files and lib_files <= scripts, f"{module}: Lib files missing: {lib_files - scripts}"
-        assert {f"{module}.py"} | lib_files == scripts - {"ProstateAIMRML.py"}
+        assert {f"{module}.py"} | lib_files == scripts - {"ProstateAIMRML.py", "ProstateAIWidgetBase.py"}
         assert {f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"} <= resources
     prostate = (build / "ProstateAI.files").read_text()
-    assert "ProstateAIMRML.py" in prostate
+    assert "ProstateAIMRML.py" in prostate and "ProstateAIWidgetBase.py" in prostate
     assert "../Resources/SampleData/sample_ct_abdomen_pelvis.nii.gz" in prostate
