@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Annotated
@@ -37,7 +36,7 @@ from MRStandardizeLib import registration as mrregistration
 from MRStandardizeLib.n4 import n4_correct
 from ProstateAILib.errors import Cancelled, InputError
 from ProstateAILib.imageio import same_grid
-from ProstateAILib.jobs import Job
+from ProstateAILib.jobs import discard_job, require_done, start_job
 from ProstateAIWidgetBase import ParameterNodeWidgetMixin
 from ProstateAIMRML import add_volume_node, describe_volume, image_from_volume_node
 
@@ -402,7 +401,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         if self._timer is not None:
             self._timer.stop()
         if self._job is not None:
-            self.logic.discardJob(self._job[1], self._job[2])
+            discard_job(self._job[1], self._job[2])
             self._job = None
 
 
@@ -532,7 +531,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             args += ["--shrink", str(int(settings["shrink"]))]
         if settings.get("iterations"):
             args += ["--iterations", str(int(settings["iterations"]))]
-        return self._startJob(args, tempdir), tempdir
+        return start_job(args, tempdir, "N4 correction"), tempdir
 
     def finishN4Job(self, job, tempdir: str, inputNode):
         """Load a finished N4 job's outputs as new nodes on the input's grid; returns (correctedNode, fieldNode).
@@ -540,7 +539,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         Raises Cancelled / InputError for a cancelled / failed job. The temporary folder is removed.
         """
         try:
-            self._requireDone(job, "N4")
+            require_done(job, "N4")
             files = {key: os.path.join(tempdir, name) for key, name in self.N4_FILES.items()}
             corrected, field = sitk.ReadImage(files["corrected"]), sitk.ReadImage(files["field"])
             quality = job.args[job.args.index("--quality") + 1] if "--quality" in job.args else "full"
@@ -549,47 +548,6 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             shutil.rmtree(tempdir, ignore_errors=True)
 
     # -- jobs ---------------------------------------------------------------------------------------
-
-    @staticmethod
-    def jobPython() -> str:
-        """The Python that runs jobs: Slicer's PythonSlicer inside Slicer, else this interpreter."""
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def jobEnvironment() -> dict:
-        """This environment with the module folders on PYTHONPATH, so the child finds the Lib packages."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        parent = os.path.dirname(here)
-        folders = [here] + [os.path.join(parent, name) for name in ("ProstateAI", "CTPreprocess")]
-        paths = [f for f in folders if os.path.isdir(f)]
-        env = dict(os.environ)
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        return env
-
-    def _startJob(self, args: list, tempdir: str):
-        try:
-            return Job(args, python=self.jobPython(), env=self.jobEnvironment()).start()
-        except OSError as error:
-            shutil.rmtree(tempdir, ignore_errors=True)
-            raise InputError(f"Could not start the background job: {error}") from None
-
-    @staticmethod
-    def _requireDone(job, what: str) -> None:
-        state = job.poll()
-        if state == "running":
-            raise InputError(f"{what} is still running.")
-        if state == "cancelled":
-            raise Cancelled(f"{what} was cancelled.")
-        if state != "done":
-            raise InputError(f"{what} failed: {job.error}")
-
-    @staticmethod
-    def discardJob(job, tempdir: str) -> None:
-        """Cancel a job if it still runs and remove its temporary folder."""
-        job.cancel()
-        shutil.rmtree(tempdir, ignore_errors=True)
 
     # -- slice views (display only) -----------------------------------------------------------------
 
@@ -810,7 +768,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if mask is not None:
             sitk.WriteImage(mask, files["mask"])
             args += ["--selection-mask", files["mask"]]
-        return self._startJob(args, tempdir), tempdir
+        return start_job(args, tempdir, "registration"), tempdir
 
     def finishRegistrationJob(self, job, tempdir: str, fixedNode, movingNode):
         """Load a finished registration: (transformNode, resampledNode on the fixed grid, report dict).
@@ -819,7 +777,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         volume's parent transform; it is added but not applied, so the moving volume stays as it is.
         """
         try:
-            self._requireDone(job, "Registration")
+            require_done(job, "Registration")
             files = {key: os.path.join(tempdir, name) for key, name in self.REGISTRATION_FILES.items()}
             report = json.loads(open(files["report"]).read())
             transformType = job.args[job.args.index("--transform") + 1]

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Annotated
@@ -25,7 +24,6 @@ from typing import Annotated
 import numpy as np
 import qt
 import SimpleITK as sitk
-import vtk
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode
@@ -36,7 +34,7 @@ from slicer.util import VTKObservationMixin
 from ProstateAILib import models, pipeline
 from ProstateAILib.errors import Cancelled, InputError
 from ProstateAILib.imageio import validate_volume
-from ProstateAILib.jobs import Job
+from ProstateAILib.jobs import discard_job, require_done, start_job
 from ProstateAIWidgetBase import ParameterNodeWidgetMixin
 from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node
 
@@ -234,7 +232,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         if self._timer is not None:
             self._timer.stop()
         if self._job is not None:
-            self.logic.discardJob(self._job[0], self._job[1])
+            discard_job(self._job[0], self._job[1])
             self._job = None
 
     def _fail(self, message: str) -> None:
@@ -394,11 +392,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             args.append("--no-tta")
         if threads:
             args += ["--threads", str(int(threads))]
-        try:
-            return Job(args, python=self.jobPython(), env=self.jobEnvironment()).start(), tempdir
-        except OSError as error:
-            shutil.rmtree(tempdir, ignore_errors=True)
-            raise InputError(f"Could not start the background segmentation: {error}") from None
+        return start_job(args, tempdir, "segmentation"), tempdir
 
     def finishSegmentJob(self, job, tempdir: str, t2Node, name=None):
         """Load a finished job's segmentation.seg.nrrd with the T2 as reference; returns (node, report).
@@ -406,13 +400,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         Raises Cancelled / InputError for a cancelled / failed job. The temporary folder is removed.
         """
         try:
-            state = job.poll()
-            if state == "running":
-                raise InputError("The segmentation is still running.")
-            if state == "cancelled":
-                raise Cancelled("The segmentation was cancelled.")
-            if state != "done":
-                raise InputError(self.jobErrorMessage(job))
+            require_done(job, "The segmentation", self.jobErrorMessage(job))
             out = os.path.join(tempdir, "out")
             with open(os.path.join(out, "report.json")) as handle:
                 report = json.load(handle)
@@ -466,30 +454,6 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             scene.RemoveNode(node)
             raise InputError(f"The segmentation file has segments {sorted(names)}, expected {list(SEGMENT_NAMES)}.")
         return node
-
-    @staticmethod
-    def jobPython() -> str:
-        """The Python that runs jobs: Slicer's PythonSlicer inside Slicer, else this interpreter."""
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def jobEnvironment() -> dict:
-        """This environment with the module folders on PYTHONPATH, so the child finds the Lib packages."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        parent = os.path.dirname(here)
-        folders = [here] + [os.path.join(parent, name) for name in ("MRStandardize", "CTPreprocess")]
-        paths = [f for f in folders if os.path.isdir(f)]
-        env = dict(os.environ)
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        return env
-
-    @staticmethod
-    def discardJob(job, tempdir: str) -> None:
-        """Cancel a job if it still runs and remove its temporary folder."""
-        job.cancel()
-        shutil.rmtree(tempdir, ignore_errors=True)
 
     # -- display ------------------------------------------------------------------------------------
 

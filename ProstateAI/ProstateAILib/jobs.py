@@ -9,12 +9,15 @@ are written atomically by the command itself, so a cancelled job leaves nothing 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections import deque
+from pathlib import Path
 
+from .errors import Cancelled, InputError
 from .progress import parse_progress
 
 
@@ -109,3 +112,53 @@ class Job:
         except ProcessLookupError:
             pass
         self.poll()
+
+
+# ---------------------------------------------------------------- helpers for the module Logic classes
+
+MODULE_FOLDERS = ("CTPreprocess", "MRStandardize", "ProstateAI")
+
+
+def job_python() -> str:
+    """The Python that runs jobs: Slicer's PythonSlicer inside Slicer, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def job_environment(base: dict | None = None) -> dict:
+    """`base` (default os.environ) with the extension's module folders first on PYTHONPATH, so the
+    child imports the Lib packages. Source tree: <repo>/<Module>/<Module>Lib; an installed Slicer
+    extension keeps every module in one qt-scripted-modules folder (the one holding ProstateAILib)."""
+    here = Path(__file__).resolve().parents[1]
+    folders = [here] + [here.parent / name for name in MODULE_FOLDERS]
+    paths = list(dict.fromkeys(str(f) for f in folders if f.is_dir()))
+    env = dict(os.environ if base is None else base)
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def start_job(args: list[str], tempdir: str, what: str) -> Job:
+    """Start `prostateai ARGS` as a job; if it cannot start, remove `tempdir` and raise InputError."""
+    try:
+        return Job(args, python=job_python(), env=job_environment()).start()
+    except OSError as error:
+        shutil.rmtree(tempdir, ignore_errors=True)
+        raise InputError(f"Could not start the background {what}: {error}") from None
+
+
+def require_done(job: Job, what: str, failed_message: str | None = None) -> None:
+    """Raise InputError (still running / failed) or Cancelled unless the job finished successfully."""
+    state = job.poll()
+    if state == "running":
+        raise InputError(f"{what} is still running.")
+    if state == "cancelled":
+        raise Cancelled(f"{what} was cancelled.")
+    if state != "done":
+        raise InputError(failed_message or f"{what} failed: {job.error}")
+
+
+def discard_job(job: Job, tempdir: str) -> None:
+    """Cancel a job if it still runs and remove its temporary folder."""
+    job.cancel()
+    shutil.rmtree(tempdir, ignore_errors=True)
