@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ProstateAILib import cli, dataset, preprocess, train
+from ProstateAILib import cli, dataset, network, preprocess, train
 from MRStandardizeLib.normalize import normalize
 from ProstateAILib.errors import InputError
 
@@ -153,7 +153,7 @@ def test_dice_ce_loss_is_small_for_perfect_logits():
     assert float(train.dice_ce_loss(-perfect, target)) > 1.5
 
 
-def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys):
+def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypatch):
     data = _json_list(tmp_path / "list.json", promise12_data)
     out = tmp_path / "run"
     common = ["train", "--data", str(data), "--out", str(out), "--iterations", "4", "--batch", "2",
@@ -194,6 +194,24 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys):
     assert set(np.unique(sitk.GetArrayViewFromImage(seg)).tolist()) <= {0, 1}
     with pytest.raises(InputError, match="Nothing to resume"):
         train.run_training(train.TrainConfig(data=str(data), out=str(tmp_path / "other")), resume=True)
+
+    # Fine-tuning: --init copies the weights into a new run (fresh optimizer and schedule).
+    tuned = tmp_path / "tuned"
+    start = {}
+    real_init = train._initialise_from
+    monkeypatch.setattr(train, "_initialise_from", lambda m, path, log: (
+        real_init(m, path, log), start.update({k: v.clone() for k, v in m.state_dict().items()})))
+    assert cli.main([*common[:3], "--out", str(tuned), *common[5:], "--epochs", "1",
+                     "--init", str(out / "model.pt"), "--no-val-tta"]) == 0
+    monkeypatch.undo()
+    assert "weights initialised from" in capsys.readouterr().out
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(start[key], value.float())
+    state = torch.load(tuned / "last.pt", weights_only=False)
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {4}
+    other = network.build_network(network.NetConfig(features=(4, 8, 8, 8, 16)))
+    with pytest.raises(InputError, match="different network"):
+        train._initialise_from(other, str(out / "model.pt"), print)
 
 
 def test_zone_model_training_path_and_cascade(tmp_path, prostatex_data, capsys):
