@@ -162,7 +162,6 @@ def _initialise_from(model: torch.nn.Module, path: str, log) -> None:
 
 # ---------------------------------------------------------------- validation
 
-
 def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device, flip_axes=()) -> dict:
     """Whole-volume Dice per case on the ORIGINAL grid (mean over foreground labels).
 
