@@ -202,9 +202,11 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     monkeypatch.setattr(train, "_initialise_from", lambda m, path, log: (
         real_init(m, path, log), start.update({k: v.clone() for k, v in m.state_dict().items()})))
     assert cli.main([*common[:3], "--out", str(tuned), *common[5:], "--epochs", "1",
-                     "--init", str(out / "model.pt"), "--no-val-tta"]) == 0
+                     "--init", str(out / "model.pt"), "--no-val-tta", "--seed", "4"]) == 0
     monkeypatch.undo()
     assert "weights initialised from" in capsys.readouterr().out
+    # another seed, same split: the source model's training cases never become validation cases
+    assert json.loads((tuned / "split.json").read_text()) == split
     for key, value in model.state_dict().items():
         torch.testing.assert_close(start[key], value.float())
     state = torch.load(tuned / "last.pt", weights_only=False)

@@ -293,6 +293,23 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 # ---------------------------------------------------------------- main loop
 
+def _split_of_model(path: str, cases: list[ds.Case], log) -> tuple[list[ds.Case], list[ds.Case]]:
+    """The (train, val) cases of the model at `path`, by name, from this dataset."""
+    _, metadata = load_model(path)
+    split = metadata.get("split") or {}
+    by_name = {c.name: c for c in cases}
+    val_names = [v["name"] for v in split.get("val", [])]
+    missing = [n for n in val_names if n not in by_name]
+    if not split or missing:
+        raise InputError(f"--init model '{path}' was not validated on this dataset "
+                         f"({'no split recorded' if not split else 'missing cases: ' + ', '.join(missing)}); "
+                         "fine-tune it on the data it was trained on, or train from scratch.")
+    val = [by_name[n] for n in val_names]
+    train = [c for c in cases if c.name not in set(val_names)]
+    log(f"validation split taken from {path}: {', '.join(val_names)}")
+    return train, val
+
+
 def _prepare(cfg: TrainConfig, log) -> tuple[list[ds.PreparedCase], list[ds.PreparedCase], dict]:
     cases = ds.discover_cases(cfg.data)
     if cfg.max_cases:
@@ -302,7 +319,11 @@ def _prepare(cfg: TrainConfig, log) -> tuple[list[ds.PreparedCase], list[ds.Prep
         raise InputError(f"The dataset has {n_images} image channel(s) per case but --channels names "
                          f"{len(cfg.channels)} ({', '.join(cfg.channels)}).")
     ds.assign_groups(cases)
-    train_cases, val_cases = ds.stratified_split(cases, cfg.val_fraction, cfg.seed)
+    if cfg.init:
+        # Fine-tuning keeps the source model's split: its training cases must not become validation.
+        train_cases, val_cases = _split_of_model(cfg.init, cases, log)
+    else:
+        train_cases, val_cases = ds.stratified_split(cases, cfg.val_fraction, cfg.seed)
     if not train_cases:
         raise InputError("No training cases left after the validation split.")
     t0 = time.time()
