@@ -302,3 +302,18 @@ def test_segmentation_demo_on_the_bundled_case(tmp_path, repo_root):
     index = segdemo.gland_centre_indices(zones)["axial"]
     plane, _, _ = segdemo.render.display_slice(zones, "axial", index)
     assert {1, 2} <= set(np.unique(plane))
+
+
+def test_publish_copies_weights_and_replaces_the_entry(tmp_path, repo_root):
+    """Utilities/publish_model.py's core: weights copied next to the catalog, sha256 recorded, one
+    entry per name (re-publishing replaces it), and the catalog name then loads with the check."""
+    catalog = tmp_path / "Models.json"
+    source = repo_root / "Resources" / "Models" / "prostate-zones-t2-demo.pt"
+    entry = models.publish(source, "my-zones", "0.1", "zones", catalog=catalog)
+    assert entry["sha256"] == models.sha256_of(tmp_path / "Models" / "my-zones.pt") == models.sha256_of(source)
+    models.publish(source, "my-zones", "0.2", "zones", catalog=catalog, extra={"note": "again"})
+    entries = json.loads(catalog.read_text())["models"]
+    assert [(e["name"], e["version"], e.get("note")) for e in entries] == [("my-zones", "0.2", "again")]
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary files left behind
+    model, metadata = models.load("my-zones", catalog=models.load_catalog(catalog))
+    assert metadata["catalog_version"] == "0.2" and metadata["channels"] == ["T2", "prostate_mask"]

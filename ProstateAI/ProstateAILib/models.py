@@ -161,14 +161,18 @@ def publish(run_model: str | os.PathLike, name: str, version: str, task: str, ca
     """Copy a run's model.pt into Resources/Models/<name>.pt and add/replace its catalog entry."""
     import shutil
 
+    from .imageio import atomic_path, write_text
+
     catalog = Path(catalog) if catalog else catalog_path()
     _, metadata = read_model_file(run_model)
     target = catalog.parent / "Models" / f"{name}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_model, target)
+    with atomic_path(target) as tmp:  # the shipped weights are never half-written
+        shutil.copyfile(run_model, tmp)
     entry = {**catalog_entry(name, version, task, target, metadata, catalog.parent, card), **(extra or {})}
     entries = json.loads(catalog.read_text())["models"] if catalog.is_file() else []
     entries = [e for e in entries if e["name"] != name] + [entry]
     entries.sort(key=lambda e: ({"gland": 0, "zones": 1}.get(e["task"], 2), e["name"]))
-    catalog.write_text(json.dumps({"format": "prostateai-model-catalog", "version": 1, "models": entries}, indent=2) + "\n")
+    write_text(json.dumps({"format": "prostateai-model-catalog", "version": 1, "models": entries}, indent=2) + "\n",
+               catalog)
     return entry
