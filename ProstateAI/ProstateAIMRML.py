@@ -12,24 +12,12 @@ import slicer
 import vtk
 
 from ProstateAILib.errors import InputError
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
-
-def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
-    """4x4 IJK→RAS matrix of a SimpleITK image."""
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.array(image.GetSpacing(), dtype=float)
-    matrix = np.eye(4)
-    matrix[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
-    matrix[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=float)
-    return matrix
+from ProstateAILib.imageio import LPS_TO_RAS, ijk_to_ras_matrix, require_same_grid
+from ProstateAILib.segfile import TERMINOLOGY  # the terminology string .seg.nrrd files carry
 
 
-def image_from_volume_node(node) -> sitk.Image:
-    """A SimpleITK copy of a scalar volume node's voxels and geometry (LPS)."""
-    array = slicer.util.arrayFromVolume(node)
-    image = sitk.GetImageFromArray(np.array(array, copy=True))
+def _geometry_from_node(image: sitk.Image, node) -> sitk.Image:
+    """`image` with the volume node's IJK→RAS geometry as LPS spacing, direction and origin."""
     vmatrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(vmatrix)
     matrix = slicer.util.arrayFromVTKMatrix(vmatrix)
@@ -39,6 +27,12 @@ def image_from_volume_node(node) -> sitk.Image:
     image.SetDirection((axes / spacing).flatten().tolist())
     image.SetOrigin((LPS_TO_RAS @ matrix[:3, 3]).tolist())
     return image
+
+
+def image_from_volume_node(node) -> sitk.Image:
+    """A SimpleITK copy of a scalar volume node's voxels and geometry (LPS)."""
+    array = slicer.util.arrayFromVolume(node)
+    return _geometry_from_node(sitk.GetImageFromArray(np.array(array, copy=True)), node)
 
 
 def update_volume_node_from_image(node, image: sitk.Image) -> None:
@@ -66,11 +60,6 @@ def describe_volume(volume_node) -> str:
 
 # ------------------------------------------------------------------------------------ segmentations
 
-# Terminology of a segment with a SNOMED CT code (same string as ProstateAILib.segfile writes).
-TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
-               "~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
-
-
 def _ijk_to_ras(node) -> vtk.vtkMatrix4x4:
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
@@ -81,16 +70,11 @@ def _mask_array(mask, value: int, reference_node, label: str) -> np.ndarray:
     """(z, y, x) uint8 0/1 array of `mask == value`; `mask` is a SimpleITK image or an array on the reference grid."""
     dims = reference_node.GetImageData().GetDimensions()  # (x, y, z)
     if isinstance(mask, sitk.Image):
-        if mask.GetDimension() != 3 or tuple(mask.GetSize()) != tuple(dims):
-            raise InputError(f"Label image for '{label}' has size {mask.GetSize()}, "
-                             f"the reference volume {tuple(dims)}.")
-        reference = image_from_volume_node(reference_node)
-        # NIfTI/float round trips change the geometry by ~1e-6 mm: anything larger is another grid.
-        for what, a, b in (("origin", mask.GetOrigin(), reference.GetOrigin()),
-                           ("spacing", mask.GetSpacing(), reference.GetSpacing()),
-                           ("direction", mask.GetDirection(), reference.GetDirection())):
-            if not np.allclose(a, b, atol=1e-3):
-                raise InputError(f"Label image for '{label}' is not on the reference volume's grid ({what} differs).")
+        if mask.GetDimension() != 3:
+            raise InputError(f"Label image for '{label}' is {mask.GetDimension()}D; a 3D label image is needed.")
+        # The reference's grid only (no voxel copy); same_grid's tolerance absorbs NIfTI/float round trips.
+        grid = _geometry_from_node(sitk.Image([int(d) for d in dims], sitk.sitkUInt8), reference_node)
+        mask = require_same_grid(grid, mask, ("reference volume", f"label image for '{label}'"))
         array = sitk.GetArrayViewFromImage(mask)
     else:
         array = np.asarray(mask)

@@ -347,6 +347,26 @@ def test_empty_segment_stays_empty_both_ways(mrml_scene, prostateai_module, dire
     np.testing.assert_array_equal(arrays["Prostate"], prostate == 1)
 
 
+def test_label_images_must_be_on_the_reference_grid(mrml_scene, prostateai_module, direct, t2_image):
+    """A label image ~1e-6 mm off the oblique T2 (a NIfTI round trip) is accepted voxel for voxel;
+    one shifted by 1 mm is refused with a clear error and adds no node."""
+    from ProstateAILib.errors import InputError
+    from ProstateAIMRML import add_segmentation_node, add_volume_node, segment_arrays
+
+    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    segments = [("Prostate", "prostate", 1, (0.8, 0.6, 0.4))]
+    nearly = sitk.Image(direct.prostate)
+    nearly.SetOrigin([o + 1e-6 for o in t2_image.GetOrigin()])
+    node = add_segmentation_node(mrml_scene, t2_node, {"prostate": nearly}, segments)
+    np.testing.assert_array_equal(segment_arrays(node, t2_node)["Prostate"], sitk.GetArrayViewFromImage(direct.prostate))
+    shifted = sitk.Image(direct.prostate)
+    shifted.SetOrigin([o + 1.0 for o in t2_image.GetOrigin()])
+    count = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(InputError, match="not on the reference volume's grid"):
+        add_segmentation_node(mrml_scene, t2_node, {"prostate": shifted}, segments)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+
+
 # --------------------------------------------------------------------------------------------
 # The widget's path: out of process, loaded back; Cancel
 

@@ -241,6 +241,19 @@ def require_same_grid(image: sitk.Image, mask: sitk.Image, names=("image", "mask
     return aligned
 
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # ITK/DICOM patient axes -> Slicer/MRML world axes (its own inverse)
+
+
+def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
+    """4x4 IJK->RAS matrix of a SimpleITK image (what MRML volume nodes and .seg.nrrd geometry use)."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    matrix = np.eye(4)
+    matrix[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
+    matrix[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=float)
+    return matrix
+
+
 def geometry(image: sitk.Image) -> dict:
     return {
         "size": list(image.GetSize()),

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .imageio import atomic_path, same_grid
+from .imageio import atomic_path, ijk_to_ras_matrix, same_grid
 
 TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
                "~SCT^{code}^{meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
@@ -80,12 +80,7 @@ def _reference_geometry(image: sitk.Image) -> str:
 
     With it, Slicer keeps the segmentation on the image's grid when segments are edited or converted.
     """
-    spacing = np.array(image.GetSpacing())
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    matrix = np.eye(4)
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    matrix[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
-    matrix[:3, 3] = lps_to_ras @ np.array(image.GetOrigin())
+    matrix = ijk_to_ras_matrix(image)
     extent = [v for size in image.GetSize() for v in (0, size - 1)]
     value = "".join(f"{float(v)!r};" for v in matrix.ravel()) + "".join(f"{v};" for v in extent)
     return (f"Reference image geometry|{value}|Image geometry description string determining the geometry of the "
