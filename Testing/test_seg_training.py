@@ -199,8 +199,8 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     tuned = tmp_path / "tuned"
     start = {}
     real_init = train._initialise_from
-    monkeypatch.setattr(train, "_initialise_from", lambda m, path, log: (
-        real_init(m, path, log), start.update({k: v.clone() for k, v in m.state_dict().items()})))
+    monkeypatch.setattr(train, "_initialise_from", lambda m, source, path, log: (
+        real_init(m, source, path, log), start.update({k: v.clone() for k, v in m.state_dict().items()})))
     assert cli.main([*common[:3], "--out", str(tuned), *common[5:], "--epochs", "1",
                      "--init", str(out / "model.pt"), "--no-val-tta", "--seed", "4"]) == 0
     monkeypatch.undo()
@@ -213,7 +213,7 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {4}
     other = network.build_network(network.NetConfig(features=(4, 8, 8, 8, 16)))
     with pytest.raises(InputError, match="different network"):
-        train._initialise_from(other, str(out / "model.pt"), print)
+        train._initialise_from(other, model, str(out / "model.pt"), print)
 
 
 def test_zone_model_training_path_and_cascade(tmp_path, prostatex_data, capsys):

@@ -36,9 +36,8 @@ from . import dataset as ds
 from . import inference, metrics, network, preprocess
 from .errors import InputError
 from .imageio import atomic_path, write_text
+from .models import MODEL_FORMAT, pick_device  # noqa: F401  (defined once, in the light models module)
 from .progress import ProgressFn
-
-from .models import MODEL_FORMAT  # noqa: E402,F401  (one definition)
 
 
 @dataclass
@@ -105,9 +104,6 @@ def learning_rate(cfg: TrainConfig, iteration: int, total: int) -> float:
 
 # ---------------------------------------------------------------- helpers
 
-from .models import pick_device  # noqa: E402,F401  (one definition, light module)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -150,9 +146,8 @@ def load_model(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, 
     return models.read_model_file(path, device=device)
 
 
-def _initialise_from(model: torch.nn.Module, path: str, log) -> None:
-    """Copy the weights of a model file (same network description) into `model`."""
-    source, _ = load_model(path)
+def _initialise_from(model: torch.nn.Module, source: torch.nn.Module, path: str, log) -> None:
+    """Copy the weights of `source` (read from the model file `path`, same network) into `model`."""
     try:
         model.load_state_dict(source.state_dict())
     except RuntimeError as exc:
@@ -185,8 +180,6 @@ def validate(model, cases: list[ds.PreparedCase], patch, overlap: float, device,
 
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
-
-
 LAYOUTS = ("patch", "whole-plane")
 OVERLAPS = (0.5, 0.25)  # fewer windows are faster; the model is sensitive to window placement, so validate
 
@@ -225,8 +218,8 @@ def tune_threshold(model, metadata: dict, cases: list[ds.PreparedCase], device, 
 def finalize_run(out: str | os.PathLike, data: str | None = None, threads: int = 2, log=print) -> dict:
     """Tune the threshold of a run's best model on its validation cases and store it in model.pt.
 
-    The validation Dice stored afterwards is the deployment one (overlap 0.5, flip TTA, tuned
-    threshold, largest component, on the original grid).
+    The validation Dice stored afterwards is the deployment one (tuned window layout, overlap and
+    threshold; flip TTA; largest component; on the original grid).
     """
     out = Path(out)
     torch.set_num_threads(max(1, threads))
@@ -293,9 +286,8 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 # ---------------------------------------------------------------- main loop
 
-def _split_of_model(path: str, cases: list[ds.Case], log) -> tuple[list[ds.Case], list[ds.Case]]:
-    """The (train, val) cases of the model at `path`, by name, from this dataset."""
-    _, metadata = load_model(path)
+def _split_of_model(metadata: dict, path: str, cases: list[ds.Case], log) -> tuple[list[ds.Case], list[ds.Case]]:
+    """The (train, val) cases of the model read from `path` (its `metadata`), by name, from this dataset."""
     split = metadata.get("split") or {}
     by_name = {c.name: c for c in cases}
     val_names = [v["name"] for v in split.get("val", [])]
@@ -310,7 +302,8 @@ def _split_of_model(path: str, cases: list[ds.Case], log) -> tuple[list[ds.Case]
     return train, val
 
 
-def _prepare(cfg: TrainConfig, log) -> tuple[list[ds.PreparedCase], list[ds.PreparedCase], dict]:
+def _prepare(cfg: TrainConfig, log, init_metadata: dict | None = None
+             ) -> tuple[list[ds.PreparedCase], list[ds.PreparedCase], dict]:
     cases = ds.discover_cases(cfg.data)
     if cfg.max_cases:
         cases = cases[: cfg.max_cases]
@@ -319,9 +312,9 @@ def _prepare(cfg: TrainConfig, log) -> tuple[list[ds.PreparedCase], list[ds.Prep
         raise InputError(f"The dataset has {n_images} image channel(s) per case but --channels names "
                          f"{len(cfg.channels)} ({', '.join(cfg.channels)}).")
     ds.assign_groups(cases)
-    if cfg.init:
+    if init_metadata is not None:
         # Fine-tuning keeps the source model's split: its training cases must not become validation.
-        train_cases, val_cases = _split_of_model(cfg.init, cases, log)
+        train_cases, val_cases = _split_of_model(init_metadata, cfg.init, cases, log)
     else:
         train_cases, val_cases = ds.stratified_split(cases, cfg.val_fraction, cfg.seed)
     if not train_cases:
@@ -359,7 +352,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
                              "labels": tuple(saved["labels"]),
                              "channels": tuple(saved.get("channels", ("T2",)))})
 
-    train_cases, val_cases, split = _prepare(cfg, log)
+    init = load_model(cfg.init) if cfg.init else None  # (model, metadata), read once
+    train_cases, val_cases, split = _prepare(cfg, log, init[1] if init else None)
     write_text(json.dumps(split, indent=2), out / "split.json")
     n_channels = train_cases[0].image.shape[0]
     net_cfg = network.NetConfig(**{**{"in_channels": n_channels, "out_channels": len(cfg.labels)}, **cfg.net})
@@ -375,8 +369,8 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
                               mask_channels=mask_channels)
 
     history, best, start_epoch = [], {"dice": -float("inf"), "epoch": 0}, 1
-    if cfg.init and checkpoint is None:
-        _initialise_from(model, cfg.init, log)
+    if init is not None and checkpoint is None:
+        _initialise_from(model, init[0], cfg.init, log)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
