@@ -188,17 +188,13 @@ def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.nda
 
 def segment_image(model, metadata: dict, channels, device="cpu", tta: bool = True, largest_component: bool = True,
                   progress: ProgressFn | None = None):
-    """Label map (uint8 SimpleITK image on the T2 grid). Binary models: the tuned threshold and the
-    largest component, as `prostateai segment` does; multi-class: argmax, then per label."""
+    """Label map (uint8 SimpleITK image on the T2 grid): the tuned threshold (binary models) or argmax,
+    then per label the largest component (for a binary model exactly `foreground_mask`)."""
     import SimpleITK as sitk
 
     probs = predict_probabilities(model, metadata, channels, device=device, tta=tta, progress=progress)
-    threshold = metadata.get("inference", {}).get("threshold", 0.5)
-    if largest_component and probs.shape[0] == 2:
-        labels = foreground_mask(probs[1], threshold).astype(np.uint8)
-    else:
-        labels = probabilities_to_labels(probs, threshold)
-    if largest_component and probs.shape[0] > 2:
+    labels = probabilities_to_labels(probs, metadata.get("inference", {}).get("threshold", 0.5))
+    if largest_component:
         for value in range(1, probs.shape[0]):
             component = keep_largest_component(labels == value)
             labels[(labels == value) & ~component] = 0

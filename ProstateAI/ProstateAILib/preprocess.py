@@ -30,7 +30,6 @@ WORKING_SPACING = (1.5, 1.5, 3.6)  # mm, SimpleITK (x, y, z) order
 PERCENTILES = (1.0, 99.0)
 
 
-
 def metadata(spacing=WORKING_SPACING, percentiles=PERCENTILES, channels=("T2",)) -> dict:
     """Preprocessing description stored in the model file (inference must repeat it)."""
     return {

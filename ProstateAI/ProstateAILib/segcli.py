@@ -108,7 +108,8 @@ def _train(args) -> int:
         data=args.data, out=args.out, epochs=args.epochs, iterations=args.iterations, batch=args.batch,
         patch=_triple(args.patch, int), lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
-        max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init, channels=tuple(c.strip() for c in args.channels.split(",")),
+        max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init,
+        channels=tuple(c.strip() for c in args.channels.split(",")),
         labels=tuple(c.strip() for c in args.labels.split(",")),
         label_map={int(a): int(b) for a, b in (item.split("=") for item in args.label_map.split(","))}
         if args.label_map else {},
