@@ -77,13 +77,15 @@ def draw_edge_letters(ax, axis: str = "axial", fontsize: int = 11) -> None:
     ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
 
 
-def _figure(width_px: int, height_px: int, dpi: int = 100) -> Figure:
+def black_figure(width_px: int, height_px: int, dpi: int = 100) -> Figure:
+    """A black Agg figure of the given pixel size (the slice-preview style)."""
     fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="black")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> str:
+def save_png(fig: Figure, path: str | os.PathLike) -> str:
+    """Write the figure as PNG atomically, keeping its background colour."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
     return str(path)
@@ -98,7 +100,7 @@ def save_slice_png(image: sitk.Image, path: str | os.PathLike, lo: float, hi: fl
     rows, cols = grey.shape
     image_height = max(1, int(round(width_px * rows * aspect / cols)))
     title_px = 28 if title else 0
-    fig = _figure(width_px, image_height + title_px)
+    fig = black_figure(width_px, image_height + title_px)
     ax = fig.add_axes((0, 0, 1, image_height / (image_height + title_px)))
     ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
@@ -106,7 +108,7 @@ def save_slice_png(image: sitk.Image, path: str | os.PathLike, lo: float, hi: fl
     if title:
         fig.text(0.5, 1 - 0.5 * title_px / (image_height + title_px), f"{title}  [{axis} {index}]",
                  ha="center", va="center", color="white", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def save_histogram_png(array, path: str | os.PathLike, window: tuple[float, float] | None = None,
@@ -129,4 +131,4 @@ def save_histogram_png(array, path: str | os.PathLike, window: tuple[float, floa
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

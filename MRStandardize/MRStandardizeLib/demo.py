@@ -33,7 +33,7 @@ from CTPreprocessLib import render
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from ProstateAILib.imageio import atomic_path, geometry, read_image, write_image, write_text
+from ProstateAILib.imageio import geometry, read_image, write_image, write_text
 
 from . import n4, nyul, registration
 
@@ -224,9 +224,7 @@ def save_n4_png(before: sitk.Image, after: sitk.Image, bias_field: sitk.Image, p
         bar.set_label("bias field, this slice (T2 = true × field)", color="white", fontsize=8)
     fig.text(0.5, 1 - 0.16 / height, f"{title or 'N4'}  [axial {index}]", ha="center", va="top", color="white",
              fontsize=10)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
-    return str(path)
+    return render.save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

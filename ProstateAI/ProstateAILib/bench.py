@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .imageio import write_text
+
 DATA = Path(os.environ.get("PROSTATEAI_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 CASE_T2 = DATA / "prostatex" / "ProstateX-0000" / "t2w"
 TARGET_SECONDS = 5.0
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   load average after part 2: {summary['load_average']['after_sliding_window']}\n")
 
     summary["total_s"] = time.perf_counter() - started
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     print(f"total benchmark time {summary['total_s']:.0f} s; summary: {out / 'summary.json'}")
     return 0
 

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
 
 from CTPreprocessLib import render
 
 from . import pipeline
-from .imageio import atomic_path, read_image
+from .imageio import read_image, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "Resources" / "SampleData" / "ProstateX-0218"
@@ -52,8 +50,7 @@ def save_overlay_png(t2: sitk.Image, zones: sitk.Image, path, axis: str, index: 
     rows, cols = grey.shape
     height_px = int(round(width_px * rows * aspect / cols))
     title_px = 30
-    fig = Figure(figsize=(width_px / 100, (height_px + title_px) / 100), dpi=100, facecolor="black")
-    FigureCanvasAgg(fig)
+    fig = render.black_figure(width_px, height_px + title_px)
     ax = fig.add_axes((0, 0, 1, height_px / (height_px + title_px)))
     lo, hi = _window(grey)
     ax.imshow(grey, cmap="gray", vmin=lo, vmax=hi, interpolation="bilinear", aspect="auto")
@@ -73,9 +70,7 @@ def save_overlay_png(t2: sitk.Image, zones: sitk.Image, path, axis: str, index: 
     for k, value in enumerate(sorted(colours, reverse=True)):  # legend in the title bar, right-aligned
         fig.text(0.99 - 0.09 * k, 1 - 0.5 * title_px / (height_px + title_px), f"■ {names[value]}",
                  color=colours[value], fontsize=10, fontweight="bold", ha="right", va="center")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor())
-    return str(path)
+    return render.save_png(fig, path)
 
 
 def run(out_dir: str | Path, sample: str | Path | None = None) -> dict:
@@ -95,7 +90,7 @@ def run(out_dir: str | Path, sample: str | Path | None = None) -> dict:
         pngs.append(save_overlay_png(t2, zones, out_dir / f"segmentation_{axis}.png", axis, indices[axis], title))
     summary = {"outputs": str(case_out), "pngs": pngs, "volumes_ml": volumes, "timings_s": report["timings_s"],
                "models": {k: v["name"] for k, v in report["models"].items()}}
-    (out_dir / "segmentation_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(json.dumps(summary, indent=2), out_dir / "segmentation_summary.json")
     print(f"   prostate {volumes['prostate']:.1f} mL (PZ {volumes['PZ']:.1f}, TZ {volumes['TZ']:.1f}) in "
           f"{report['timings_s']['total']:.1f} s; overlays: {', '.join(Path(p).name for p in pngs)}")
     return summary
