@@ -132,9 +132,7 @@ def _channels_for(metadata: dict, inputs: Inputs, gland: np.ndarray | None = Non
         elif preprocess.is_mask_channel(name):
             if gland is None:
                 raise InputError(f"Model '{metadata.get('name')}' needs a gland mask input.")
-            mask = sitk.GetImageFromArray(gland.astype(np.float32))
-            mask.CopyInformation(inputs.t2)
-            channels.append(mask)
+            channels.append(_image_like(gland, inputs.t2, np.float32))
         elif name.upper() in inputs.extra:
             channels.append(inputs.extra[name.upper()])
         else:
