@@ -68,6 +68,61 @@ def prepared(promise12_data):
     return [dataset.prepare_case(c) for c in cases if c.name in SMALL]
 
 
+def test_json_spacing_overrides_nominal_voxel_size(tmp_path, promise12_data):
+    entry = {"image": str(promise12_data / "case13_t2.nii.gz"), "label": str(promise12_data / "case13_prostate.nii.gz"),
+             "spacing": [1.3, 1.3, 3.0]}
+    (tmp_path / "list.json").write_text(json.dumps({"training": [entry]}))
+    case = dataset.discover_cases(tmp_path / "list.json")[0]
+    assert case.spacing == (1.3, 1.3, 3.0)
+    before = sitk.ReadImage(entry["image"]).GetSpacing()
+    prepared = dataset.prepare_case(case)
+    assert prepared.original.GetSpacing() == pytest.approx((1.3, 1.3, 3.0))
+    # 160 x 160 x 15 voxels of 1.3 x 1.3 x 3.0 mm cover 208 x 208 x 45 mm -> 139 x 139 x 13 working voxels
+    assert prepared.label.shape == (13, 139, 139)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(entry["label"]))
+    assert np.array_equal(sitk.GetArrayFromImage(prepared.original), truth)  # voxels untouched, only the size
+    assert sitk.ReadImage(entry["image"]).GetSpacing() == before  # the file is not modified
+    for bad in ([1.0, 1.0], [1.0, -1.0, 3.0], "thin"):
+        (tmp_path / "bad.json").write_text(json.dumps([dict(entry, spacing=bad)]))
+        with pytest.raises(InputError, match="'spacing' must be three positive numbers"):
+            dataset.discover_cases(tmp_path / "bad.json")
+
+
+def _inplane_sizes_mm(cases, spacing_of):
+    return np.array([dataset.gland_extent_voxels(sitk.ReadImage(c.label))[0] * spacing_of(c) for c in cases])
+
+
+def test_group_spacing_calibration_makes_gland_sizes_consistent(promise12_data):
+    cases = dataset.assign_groups(dataset.discover_cases(promise12_data))
+    train_cases, val_cases = dataset.stratified_split(cases, 0.2, seed=0)
+    table = dataset.calibrate_group_spacing(train_cases)
+    assert set(table) == {c.group for c in cases} and sum(row["cases"] for row in table.values()) == len(train_cases)
+    # 512-matrix originals (256 here) are finer than 320-matrix ones (160 here), in-plane and, for the
+    # 47-slice "hi" centre, between slices too.
+    assert table["256x256-hi"]["spacing"][0] < table["256x256-lo"]["spacing"][0] < table["160x160-lo"]["spacing"][0]
+    assert table["256x256-hi"]["spacing"][2] < 0.7 * table["160x160-lo"]["spacing"][2]
+    # On the held-out cases (their masks were not used), gland sizes in mm vary much less across
+    # centres with the calibrated spacing than with the nominal 1 mm.
+    nominal = _inplane_sizes_mm(val_cases, lambda c: 1.0)
+    calibrated = _inplane_sizes_mm(val_cases, lambda c: table[c.group]["spacing"][0])
+    assert calibrated.std() / calibrated.mean() < 0.6 * nominal.std() / nominal.mean()
+    entries = dataset.calibrated_dataset(val_cases, table)
+    assert all(e["spacing"] == table[e["group"]]["spacing"] for e in entries)
+
+
+def test_calibrate_spacing_command_measures_training_cases_only(tmp_path, promise12_data, repo_root, capsys):
+    model = repo_root / "Resources" / "Models" / "prostate-gland-t2.pt"
+    out = tmp_path / "calibrated.json"
+    assert cli.main(["calibrate-spacing", "--data", str(promise12_data), "--out", str(out), "--split-from", str(model)]) == 0
+    document = json.loads(out.read_text())
+    val = {v["name"] for v in torch.load(model, weights_only=True)["metadata"]["split"]["val"]}
+    assert val and not val & set(document["spacing_calibration"]["measured_cases"])
+    assert len(document["spacing_calibration"]["measured_cases"]) == 36 - len(val)
+    cases = dataset.discover_cases(out)  # the list is a training dataset as written
+    assert len(cases) == 36 and all(c.spacing is not None for c in cases)
+    assert "256x256-hi: spacing" in capsys.readouterr().out
+
+
 def test_prepared_cases_on_working_grid(prepared):
     for case in prepared:
         assert case.image.dtype == np.float32 and case.image.shape[1:] == case.label.shape

@@ -5,8 +5,10 @@ Dataset descriptions accepted by `discover_cases`:
 - a folder of PROMISE12-style pairs `<case>_t2.nii.gz` + `<case>_prostate.nii.gz`;
 - an nnU-Net / MSD raw folder: `imagesTr/<case>_0000.nii.gz` (+ `_0001`... extra channels) and
   `labelsTr/<case>.nii.gz`;
-- a JSON file: `[{"image": path or [paths], "label": path, "group": optional, "name": optional}]`
-  (relative paths are relative to the JSON file).
+- a JSON file: `[{"image": path or [paths], "label": path, "group": optional, "name": optional,
+  "spacing": optional [x, y, z] mm}]` (relative paths are relative to the JSON file), or an MSD-style
+  `{"training": [...]}`. "spacing" replaces the files' voxel size for data whose header spacing is
+  only nominal (PROMISE12); `calibrate_group_spacing` estimates it per acquisition group.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Case:
     images: list[str]  # one path per channel, T2 first
     label: str | None
     group: str | None = None
+    spacing: tuple[float, float, float] | None = None  # overrides the files' voxel size (nominal-spacing data)
 
 
 @dataclass
@@ -98,8 +101,21 @@ def _from_json(path: Path) -> list[Case]:
         label = entry["label"]
         label = str((path.parent / label).resolve()) if not Path(label).is_absolute() else label
         name = entry.get("name") or _strip(Path(images[0])).removesuffix("_0000").removesuffix("_t2")
-        cases.append(Case(name, images, label, entry.get("group")))
+        cases.append(Case(name, images, label, entry.get("group"), _spacing_of(entry, index, path)))
     return cases
+
+
+def _spacing_of(entry: dict, index: int, path: Path) -> tuple[float, float, float] | None:
+    spacing = entry.get("spacing")
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"Entry {index} of '{path}': 'spacing' must be three positive numbers (x, y, z mm), got {spacing!r}.")
+    return values
 
 
 def discover_cases(spec: str | Path) -> list[Case]:
@@ -165,6 +181,55 @@ def stratified_split(cases: list[Case], val_fraction: float = 0.2, seed: int = 0
     return sorted(train, key=lambda c: c.name), sorted(val, key=lambda c: c.name)
 
 
+# ---------------------------------------------------------------- nominal spacing
+
+# A typical adult gland's bounding box, mm: in-plane size sqrt(LR x AP) and cranio-caudal extent.
+GLAND_REFERENCE_MM = (48.0, 48.0)
+
+
+def gland_extent_voxels(label: sitk.Image) -> tuple[float, float]:
+    """(in-plane size sqrt(LR x AP), slices spanned) of a mask's bounding box, in voxels."""
+    z, y, x = np.nonzero(sitk.GetArrayViewFromImage(label))
+    if len(z) == 0:
+        raise InputError("Cannot calibrate spacing on an empty mask.")
+    inplane = math.sqrt(float(x.max() - x.min() + 1) * float(y.max() - y.min() + 1))
+    return inplane, float(z.max() - z.min() + 1)
+
+
+def calibrate_group_spacing(cases: list[Case], reference_mm=GLAND_REFERENCE_MM) -> dict[str, dict]:
+    """Per acquisition group, the voxel size that gives the group's median gland the reference size.
+
+    Why: PROMISE12's header spacing is nominal (1 x 1 x 3.6 mm for every centre), so glands from
+    different centres appear at scales up to ~2x apart in-plane and ~1.8x in z; the real voxel size
+    was discarded. The median gland of a group (same matrix, same scanner range) stands in for a
+    typical gland. `cases` must be labelled and grouped (`assign_groups`); pass training cases only,
+    so that validation cases get their group's spacing without their own masks being used.
+    """
+    extents = defaultdict(list)
+    for case in cases:
+        extents[case.group or "all"].append(gland_extent_voxels(read_image(case.label)))
+    table = {}
+    for group, values in sorted(extents.items()):
+        inplane = float(np.median([v[0] for v in values]))
+        slices = float(np.median([v[1] for v in values]))
+        s_xy, s_z = reference_mm[0] / inplane, reference_mm[1] / slices
+        table[group] = {"spacing": [round(s_xy, 3), round(s_xy, 3), round(s_z, 3)], "cases": len(values),
+                        "median_extent_voxels": [round(inplane, 1), slices]}
+    return table
+
+
+def calibrated_dataset(cases: list[Case], table: dict[str, dict]) -> list[dict]:
+    """JSON dataset entries (`_from_json` format) with each case's group spacing (none if the
+    group was not calibrated: its header spacing stays)."""
+    entries = []
+    for case in cases:
+        entry = {"name": case.name, "image": case.images, "label": case.label, "group": case.group}
+        if case.group in table:
+            entry["spacing"] = table[case.group]["spacing"]
+        entries.append(entry)
+    return entries
+
+
 # ---------------------------------------------------------------- preprocessing
 
 def remap_labels(label: sitk.Image, label_map: dict | None) -> sitk.Image:
@@ -180,10 +245,19 @@ def remap_labels(label: sitk.Image, label_map: dict | None) -> sitk.Image:
     return image
 
 
+def with_spacing(image: sitk.Image, spacing) -> sitk.Image:
+    """`image` with its voxel size replaced (a copy; `spacing` None returns it unchanged)."""
+    if spacing is None:
+        return image
+    image = sitk.Image(image)
+    image.SetSpacing(tuple(float(v) for v in spacing))
+    return image
+
+
 def prepare_case(case: Case, spacing=preprocess.WORKING_SPACING, max_foreground: int = 20000, seed: int = 0,
                  channel_names=None, label_map: dict | None = None) -> PreparedCase:
-    channels = [read_image(path) for path in case.images]
-    label = remap_labels(read_image(case.label), label_map)
+    channels = [with_spacing(read_image(path), case.spacing) for path in case.images]
+    label = with_spacing(remap_labels(read_image(case.label), label_map), case.spacing)
     label = require_same_grid(channels[0], label, (f"image of case {case.name}", f"label of case {case.name}"))
     image, working = preprocess.to_working_image(channels, spacing, channel_names)
     label_w = preprocess.label_to_working(label, working)

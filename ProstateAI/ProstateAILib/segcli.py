@@ -19,6 +19,7 @@ def _triple(text: str, kind=float) -> tuple:
 def register(subparsers) -> None:
     _register_segment(subparsers)
     _register_train(subparsers)
+    _register_calibrate(subparsers)
     _register_evaluate(subparsers)
 
 
@@ -121,6 +122,58 @@ def _train(args) -> int:
                                 log=lambda m: print(clear + m, flush=True))
     best = result["best"]
     print(f"best validation Dice {best['dice']:.4f} at epoch {best['epoch']}; model: {result['out']}/model.pt")
+    return 0
+
+
+# ---------------------------------------------------------------- calibrate-spacing
+
+def _register_calibrate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate-spacing", help="estimate voxel sizes for a dataset whose header spacing is nominal",
+        description="For data such as PROMISE12 whose files carry a nominal voxel size: per acquisition group "
+                    "(matrix size + scanner range), the spacing that gives the group's median gland bounding box "
+                    "a typical size. Writes a JSON dataset list for `prostateai train --data` with a 'spacing' per "
+                    "case. With --split-from, only that model's training cases are measured.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder or JSON list (labelled)")
+    p.add_argument("--out", required=True, help="JSON dataset list to write")
+    p.add_argument("--split-from", default=None,
+                   help="model file: calibrate on its training cases only (its validation cases are not measured)")
+    p.add_argument("--reference-mm", default=None,
+                   help="typical gland size 'INPLANE,CC' in mm (default: dataset.GLAND_REFERENCE_MM)")
+    p.set_defaults(func=_calibrate)
+
+
+def _calibrate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from . import dataset
+    from .imageio import write_text
+
+    cases = dataset.assign_groups(dataset.discover_cases(args.data))
+    measured = cases
+    if args.split_from:
+        from .models import read_model_file
+
+        _, metadata = read_model_file(args.split_from)
+        val = {v["name"] for v in (metadata.get("split") or {}).get("val", [])}
+        measured = [c for c in cases if c.name not in val]
+    reference = tuple(float(v) for v in args.reference_mm.split(",")) if args.reference_mm else dataset.GLAND_REFERENCE_MM
+    table = dataset.calibrate_group_spacing(measured, reference)
+    for case in cases:  # paths absolute: the list may be written anywhere
+        case.images = [str(Path(p).resolve()) for p in case.images]
+        case.label = str(Path(case.label).resolve())
+    document = {"training": dataset.calibrated_dataset(cases, table),
+                "spacing_calibration": {"reference_mm": list(reference), "measured_cases": [c.name for c in measured],
+                                        "groups": table}}
+    write_text(json.dumps(document, indent=1), args.out)
+    for group, row in table.items():
+        print(f"{group}: spacing {row['spacing']} mm from {row['cases']} case(s)")
+    missing = sorted({c.group for c in cases} - set(table))
+    if missing:
+        print(f"not calibrated (no measured case): {', '.join(missing)}")
+    print(f"{len(cases)} cases -> {args.out}")
     return 0
 
 
