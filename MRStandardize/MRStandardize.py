@@ -36,8 +36,8 @@ from MRStandardizeLib import registration as mrregistration
 from MRStandardizeLib.n4 import n4_correct
 from ProstateAILib.errors import Cancelled, InputError
 from ProstateAILib.imageio import same_grid
-from ProstateAILib.jobs import discard_job, require_done, start_job
-from ProstateAIWidgetBase import ParameterNodeWidgetMixin
+from ProstateAILib.jobs import require_done, start_job
+from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
 from ProstateAIMRML import add_volume_node, describe_volume, image_from_volume_node
 
 N4_QUALITIES = ("preview", "full")
@@ -132,18 +132,15 @@ class MRStandardizeParameterNode:
 #
 
 
-class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+class MRStandardizeWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, ScriptedLoadableModuleWidget,  # noqa: F405
+                          VTKObservationMixin):
     """Thin GUI: all state is in the parameter node, all work in MRStandardizeLogic."""
-
-    POLL_INTERVAL_MS = 200
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._plotWidget = None
-        self._timer = None
-        self._job = None  # (kind, Job, tempdir, nodes dict, start time) of the running background job
         self._n4Nodes = {}  # "input", "corrected", "field": shown by the overlay and the before/after toggle
         self._viewState = {}  # last display parameters applied, so only changed ones touch the views
         self._registrationNodes = {}  # "fixed", "resampled"
@@ -157,13 +154,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self._plotWidget = slicer.qMRMLPlotWidget()
         self._plotWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.nyulPlotFrame.layout().addWidget(self._plotWidget)
-        self.ui.progressBar.visible = False
-        self.ui.cancelButton.enabled = False
-
-        # Background jobs are polled from the GUI thread: the GUI never blocks on them.
-        self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self._pollJob)
+        self.setupJobPolling()
 
         self.ui.n4PreviewButton.connect("clicked(bool)", self.onN4Preview)
         self.ui.n4ApplyButton.connect("clicked(bool)", self.onN4Apply)
@@ -175,16 +166,15 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.normalizeApplyButton.connect("clicked(bool)", self.onNormalizeApply)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
         self.ui.checkerboardButton.connect("clicked(bool)", self.onCheckerboard)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._discardRunningJob()
+        self.discardRunningJob()
         self.removeObservers()
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._discardRunningJob()
+        self.discardRunningJob()
         self._n4Nodes, self._registrationNodes, self._nyulCharts = {}, {}, {}
         super().onSceneStartClose(caller, event)
 
@@ -221,7 +211,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
     def _updateButtons(self) -> None:
         p = self._parameterNode
-        idle = self._job is None
+        idle = not self.jobRunning
         hasInput = p.inputVolume is not None
         self.ui.n4PreviewButton.enabled = idle and hasInput
         self.ui.n4ApplyButton.enabled = idle and hasInput
@@ -254,10 +244,6 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.timeLabel.text = f"{what}: {time.perf_counter() - start:.1f} s"
         return result
 
-    def _fail(self, message: str) -> None:
-        self.ui.statusLabel.text = message
-        slicer.util.errorDisplay(message)
-
     # -- N4 -----------------------------------------------------------------------------------------
 
     def onN4Preview(self) -> None:
@@ -272,7 +258,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         settings = self.logic.n4SettingsFromParameters(p)
         started = self._run("N4 start", lambda: self.logic.startN4Job(p.inputVolume, p.n4Mask, settings))
         if started is not None:
-            self._startPolling("n4", *started, {"input": p.inputVolume})
+            self.startJob(*started, "N4", {"input": p.inputVolume})
 
     def _showN4Result(self, inputNode, correctedNode, fieldNode) -> None:
         self._n4Nodes = {"input": inputNode, "corrected": correctedNode, "field": fieldNode}
@@ -335,7 +321,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
             lambda: self.logic.startRegistrationJob(p.fixedVolume, p.movingVolume, settings, p.glandMask),
         )
         if started is not None:
-            self._startPolling("register", *started, {"fixed": p.fixedVolume, "moving": p.movingVolume})
+            self.startJob(*started, "Registration", {"fixed": p.fixedVolume, "moving": p.movingVolume})
 
     def onCheckerboard(self) -> None:
         nodes = self._registrationNodes
@@ -343,36 +329,11 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
     # -- background jobs ----------------------------------------------------------------------------
 
-    def _startPolling(self, kind: str, job, tempdir: str, nodes: dict) -> None:
-        self._job = (kind, job, tempdir, nodes, time.perf_counter())
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.visible = True
-        self.ui.statusLabel.text = "Started in the background"
-        self._updateButtons()
-        self._timer.start()
-
-    def _pollJob(self) -> None:
-        if self._job is None:
-            self._timer.stop()
-            return
-        kind, job, tempdir, nodes, start = self._job
-        state = job.poll()
-        self.ui.progressBar.value = int(round(100 * job.progress))
-        if job.message:
-            self.ui.statusLabel.text = job.message
-        if state == "running":
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.progressBar.visible = False
-        self._finishJob(kind, job, tempdir, nodes)
-        self.ui.timeLabel.text = f"{'N4' if kind == 'n4' else 'Registration'}: {time.perf_counter() - start:.1f} s"
-        self._updateButtons()
-
-    def _finishJob(self, kind: str, job, tempdir: str, nodes: dict) -> None:
+    def _finishJob(self, running) -> None:
         """Load a finished job's outputs into new nodes (or report why there are none)."""
+        job, tempdir, nodes = running.job, running.tempdir, running.context
         try:
-            if kind == "n4":
+            if running.what == "N4":
                 corrected, field = self.logic.finishN4Job(job, tempdir, nodes["input"])
                 self._showN4Result(nodes["input"], corrected, field)
                 self.ui.statusLabel.text = f"N4 done: '{corrected.GetName()}', '{field.GetName()}'"
@@ -391,18 +352,6 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         except Exception as error:
             logging.exception("MR Standardize: loading job results failed")
             self._fail(f"Loading the results failed: {error}")
-
-    def onCancel(self) -> None:
-        if self._job is not None:
-            self._job[1].cancel()  # the next poll sees "cancelled" and cleans up
-            self.ui.statusLabel.text = "Cancelling..."
-
-    def _discardRunningJob(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        if self._job is not None:
-            discard_job(self._job[1], self._job[2])
-            self._job = None
 
 
 #

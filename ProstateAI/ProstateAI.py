@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from typing import Annotated
 
 import numpy as np
@@ -34,8 +33,8 @@ from slicer.util import VTKObservationMixin
 from ProstateAILib import models, pipeline
 from ProstateAILib.errors import Cancelled, InputError
 from ProstateAILib.imageio import validate_volume
-from ProstateAILib.jobs import discard_job, require_done, start_job
-from ProstateAIWidgetBase import ParameterNodeWidgetMixin
+from ProstateAILib.jobs import require_done, start_job
+from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
 from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -90,42 +89,33 @@ class ProstateAIParameterNode:
 #
 
 
-class ProstateAIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
+class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, ScriptedLoadableModuleWidget,  # noqa: F405
+                       VTKObservationMixin):
     """Thin GUI: state in the parameter node, work in ProstateAILogic, segmentation in a child process."""
-
-    POLL_INTERVAL_MS = 200
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._timer = None
-        self._job = None  # (Job, tempdir, T2 node, start time) of the running segmentation
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
         self.loadModuleUi("ProstateAI")
         self.logic = ProstateAILogic()
-        self.ui.progressBar.visible = False
+        self.setupJobPolling()
         self._fillModelComboBoxes()
 
-        # The job is polled from the GUI thread: the GUI never blocks on it.
-        self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self._pollJob)
-
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.glandModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
         self.ui.zonesModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self._discardRunningJob()
+        self.discardRunningJob()
         self.removeObservers()
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._discardRunningJob()
+        self.discardRunningJob()
         super().onSceneStartClose(caller, event)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -136,7 +126,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self._updateButtons()
 
     def _updateButtons(self) -> None:
-        idle = self._job is None
+        idle = not self.jobRunning
         hasModels = self.ui.glandModelComboBox.count > 0 and self.ui.zonesModelComboBox.count > 0
         hasT2 = self._parameterNode is not None and self._parameterNode.inputVolume is not None
         self.ui.segmentButton.enabled = idle and hasT2 and hasModels
@@ -182,33 +172,12 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
             logging.exception("ProstateAI: starting the segmentation failed")
             self._fail(f"Starting the segmentation failed: {error}")
             return
-        self._job = (job, tempdir, p.inputVolume, time.perf_counter())
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.visible = True
-        self.ui.statusLabel.text = "Segmenting in the background..."
-        self._updateButtons()
-        self._timer.start()
+        self.startJob(job, tempdir, "Segmentation", {"t2": p.inputVolume}, "Segmenting in the background...")
 
-    def _pollJob(self) -> None:
-        if self._job is None:
-            self._timer.stop()
-            return
-        job, tempdir, t2Node, start = self._job
-        state = job.poll()
-        self.ui.progressBar.value = int(round(100 * job.progress))
-        if job.message:
-            self.ui.statusLabel.text = job.message
-        if state == "running":
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.progressBar.visible = False
-        self._finishJob(job, tempdir, t2Node, time.perf_counter() - start)
-        self._updateButtons()
-
-    def _finishJob(self, job, tempdir: str, t2Node, seconds: float) -> None:
+    def _finishJob(self, running) -> None:
+        t2Node = running.context["t2"]
         try:
-            segmentationNode, report = self.logic.finishSegmentJob(job, tempdir, t2Node)
+            segmentationNode, report = self.logic.finishSegmentJob(running.job, running.tempdir, t2Node)
         except Cancelled:
             self.ui.statusLabel.text = "Cancelled: nothing was added to the scene."
             return
@@ -221,23 +190,6 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
             return
         self.logic.showSegmentation(segmentationNode, t2Node)
         self.ui.statusLabel.text = f"'{segmentationNode.GetName()}': {self.logic.describeReport(report)}"
-        self.ui.timeLabel.text = f"Segmentation: {seconds:.1f} s"
-
-    def onCancel(self) -> None:
-        if self._job is not None:
-            self._job[0].cancel()  # the next poll sees "cancelled" and cleans up
-            self.ui.statusLabel.text = "Cancelling..."
-
-    def _discardRunningJob(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        if self._job is not None:
-            discard_job(self._job[0], self._job[1])
-            self._job = None
-
-    def _fail(self, message: str) -> None:
-        self.ui.statusLabel.text = message
-        slicer.util.errorDisplay(message)
 
 
 #

@@ -67,3 +67,96 @@ def test_a_job_that_cannot_start_removes_its_folder(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="Could not start the background segmentation"):
         jobs.start_job(["segment"], str(work), "segmentation")
     assert not work.exists()
+
+
+# -- the widgets' job polling (ProstateAIWidgetBase.JobPollingWidgetMixin) on real jobs -------------
+# Qt widgets cannot run here; the mixin only sets plain properties on them, so simple holders stand in
+# for the progress bar, labels, button and timer while the jobs themselves are real child processes.
+
+class _Holder:
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def connect(self, *args):
+        pass
+
+
+class _Timer:
+    active = False
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def _polling_widget():
+    from headless import install
+
+    install()
+    from ProstateAIWidgetBase import JobPollingWidgetMixin
+
+    class Widget(JobPollingWidgetMixin):
+        def __init__(self):
+            self.ui = _Holder(progressBar=_Holder(value=-1, visible=False), statusLabel=_Holder(text=""),
+                              timeLabel=_Holder(text=""), cancelButton=_Holder(enabled=True))
+            self._timer = _Timer()
+            self.finished = []
+            self.updates = 0
+
+        def _updateButtons(self):
+            self.updates += 1
+
+        def _finishJob(self, running):
+            self.finished.append((running.job.state, running))
+
+    return Widget()
+
+
+def _poll_until_finished(widget, seconds=120.0):
+    import time
+
+    end = time.monotonic() + seconds
+    while widget.jobRunning and time.monotonic() < end:
+        widget._pollJob()
+        time.sleep(0.1)
+    assert not widget.jobRunning, "the job did not end"
+
+
+def _long_n4_job(work):
+    import numpy as np
+    import SimpleITK as sitk
+
+    work.mkdir()
+    image = sitk.GetImageFromArray((np.random.default_rng(0).random((60, 200, 200)) * 100 + 50).astype(np.float32))
+    sitk.WriteImage(image, str(work / "in.nrrd"))
+    return jobs.start_job(["n4", str(work / "in.nrrd"), str(work / "out.nrrd"), "--quality", "full"], str(work), "N4")
+
+
+def test_job_polling_mixin_finishes_cancels_and_discards(tmp_path):
+    widget = _polling_widget()
+    (tmp_path / "a").mkdir()
+    job = jobs.start_job(["segment", "--t2", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+                         str(tmp_path / "a"), "segmentation")
+    widget.startJob(job, str(tmp_path / "a"), "Segmentation", {"t2": "the T2 node"}, "Segmenting...")
+    assert widget.jobRunning and widget._timer.active and widget.ui.progressBar.visible
+    assert widget.ui.progressBar.value == 0 and widget.ui.statusLabel.text == "Segmenting..." and widget.updates == 1
+    _poll_until_finished(widget)
+    (state, running), = widget.finished
+    assert state == "failed" and running.context == {"t2": "the T2 node"} and running.tempdir == str(tmp_path / "a")
+    assert not widget._timer.active and not widget.ui.progressBar.visible and widget.updates == 2
+    assert widget.ui.timeLabel.text.startswith("Segmentation: ") and widget.ui.timeLabel.text.endswith(" s")
+
+    job = _long_n4_job(tmp_path / "b")
+    widget.startJob(job, str(tmp_path / "b"), "N4")
+    widget.onCancel()
+    assert widget.ui.statusLabel.text == "Cancelling..."
+    _poll_until_finished(widget)
+    assert widget.finished[-1][0] == "cancelled"
+
+    job = _long_n4_job(tmp_path / "c")
+    widget.startJob(job, str(tmp_path / "c"), "N4")
+    widget.discardRunningJob()  # module cleanup / scene close: no finish step, folder removed
+    assert not widget.jobRunning and not widget._timer.active and job.state == "cancelled"
+    assert not (tmp_path / "c").exists() and len(widget.finished) == 2

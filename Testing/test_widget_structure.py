@@ -181,7 +181,31 @@ def test_shared_widget_base_builds_from_the_ui_and_comes_first():
         tree = ast.parse((REPO / module / f"{module}.py").read_text())
         widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
         bases = [b.id for b in widget.bases if isinstance(b, ast.Name)]
-        assert bases[:2] == ["ParameterNodeWidgetMixin", "ScriptedLoadableModuleWidget"], bases
+        assert bases[0] == "ParameterNodeWidgetMixin", bases
+        mixins = bases[1:bases.index("ScriptedLoadableModuleWidget")]
+        assert set(mixins) <= {"JobPollingWidgetMixin"}, bases
+
+
+JOB_MODULES = ("MRStandardize", "ProstateAI")
+
+
+@pytest.mark.parametrize("module", JOB_MODULES)
+def test_job_polling_widgets_have_what_the_mixin_uses(module):
+    """Widgets with background jobs share JobPollingWidgetMixin: its widgets exist in their .ui, and
+    they provide the two hooks it calls."""
+    base = (REPO / "ProstateAI" / "ProstateAIWidgetBase.py").read_text()
+    mixin = base[base.index("class JobPollingWidgetMixin"):]
+    used = set(re.findall(r"self\.ui\.(\w+)", mixin))
+    assert {"progressBar", "statusLabel", "timeLabel", "cancelButton"} <= used
+    missing = used - set(ui_widgets(ui_tree(module)))
+    assert not missing, f"{module}.ui lacks widgets the job mixin uses: {sorted(missing)}"
+    tree = ast.parse((REPO / module / f"{module}.py").read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
+    assert "JobPollingWidgetMixin" in [b.id for b in widget.bases if isinstance(b, ast.Name)]
+    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
+    assert {"_finishJob", "_updateButtons"} <= methods
+    source = ast.unparse(widget)
+    assert "self.setupJobPolling()" in source and "self.startJob(" in source and "self.discardRunningJob()" in source
 
 
 # -- parameter node wrapper -------------------------------------------------------------------------
