@@ -44,6 +44,20 @@ def prostatex_data(shared_data) -> Path:
     return _require(shared_data / "prostatex")
 
 
+@pytest.fixture(scope="session")
+def prostatex_case(prostatex_data) -> Path:
+    """ProstateX-0000: T2/ADC/HBV DICOM folders and gland/zone/lesion masks (masks/)."""
+    return _require(prostatex_data / "ProstateX-0000")
+
+
+@pytest.fixture(scope="session")
+def prostatex_t2(prostatex_case):
+    """ProstateX-0000's oblique T2 (384 x 384 x 19, 0.5 x 0.5 x 3 mm), read once per test session."""
+    from ProstateAILib.imageio import read_image
+
+    return read_image(prostatex_case / "t2w")
+
+
 @pytest.fixture()
 def mrml_scene():
     """A fresh real MRML scene (slicer-core) with the module logics registered."""

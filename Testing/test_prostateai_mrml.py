@@ -36,23 +36,11 @@ SEGMENT_NAMES = ["Prostate", "PZ", "TZ"]
 
 
 @pytest.fixture(scope="module")
-def case(prostatex_data):
-    return prostatex_data / "ProstateX-0000"
-
-
-@pytest.fixture(scope="module")
-def t2_image(case):
-    from ProstateAILib.imageio import read_image
-
-    return read_image(case / "t2w")
-
-
-@pytest.fixture(scope="module")
-def direct(t2_image):
+def direct(prostatex_t2):
     """`pipeline.segment` on the T2 image itself (no MRML involved)."""
     from ProstateAILib import pipeline
 
-    inputs = pipeline.prepare_inputs(t2_image, {"ADC": None, "HBV": None})
+    inputs = pipeline.prepare_inputs(prostatex_t2, {"ADC": None, "HBV": None})
     return pipeline.segment(inputs, threads=THREADS)
 
 
@@ -137,7 +125,7 @@ def assert_geometry_matches_lps(image: sitk.Image, ras_matrix: np.ndarray, size)
 
 
 @pytest.fixture(scope="module")
-def logic_run(t2_image, direct):
+def logic_run(prostatex_t2, direct):
     """ProstateAILogic.segment on the T2 as a volume node; everything the tests check, taken at once.
 
     Later tests make their own scenes (which replace slicer.mrmlScene), so the arrays are exported here.
@@ -147,7 +135,7 @@ def logic_run(t2_image, direct):
     import slicer
     from ProstateAIMRML import add_volume_node
 
-    t2_node = add_volume_node(scene, t2_image, "ProstateX-0000 T2")
+    t2_node = add_volume_node(scene, prostatex_t2, "ProstateX-0000 T2")
     before = (np.array(slicer.util.arrayFromVolume(t2_node), copy=True), ijk_to_ras(t2_node),
               t2_node.GetImageData().GetMTime())
     logic = ProstateAI.ProstateAILogic()
@@ -187,8 +175,8 @@ def prostateai_module(mrml_scene):
 # In-process segmentation on the oblique ProstateX T2
 
 
-def test_logic_segment_gives_prostate_pz_tz_voxel_identical_to_pipeline(logic_run, direct, t2_image):
-    direction = np.array(t2_image.GetDirection()).reshape(3, 3)
+def test_logic_segment_gives_prostate_pz_tz_voxel_identical_to_pipeline(logic_run, direct, prostatex_t2):
+    direction = np.array(prostatex_t2.GetDirection()).reshape(3, 3)
     assert abs(direction[1, 2]) > 0.3, "ProstateX-0000's T2 is oblique: the test relies on it"
     assert logic_run["class"] == "vtkMRMLSegmentationNode"
     assert logic_run["names"] == SEGMENT_NAMES
@@ -201,7 +189,7 @@ def test_logic_segment_gives_prostate_pz_tz_voxel_identical_to_pipeline(logic_ru
     expected = expected_masks(direct)
     for name in SEGMENT_NAMES:
         array = logic_run["arrays"][name]
-        assert array.shape == sitk.GetArrayViewFromImage(t2_image).shape, name
+        assert array.shape == sitk.GetArrayViewFromImage(prostatex_t2).shape, name
         assert array.any(), f"{name} is empty"
         np.testing.assert_array_equal(array, expected[name], err_msg=f"{name} differs from pipeline.segment")
 
@@ -212,28 +200,28 @@ def test_zones_partition_the_gland(logic_run):
     np.testing.assert_array_equal(arrays["PZ"] | arrays["TZ"], arrays["Prostate"])
 
 
-def test_prostate_dice_against_reference(logic_run, case, t2_image):
+def test_prostate_dice_against_reference(logic_run, prostatex_case, prostatex_t2):
     from ProstateAILib.imageio import require_same_grid
 
-    truth = require_same_grid(t2_image, sitk.ReadImage(str(case / "masks" / "prostate.nii.gz")))
+    truth = require_same_grid(prostatex_t2, sitk.ReadImage(str(prostatex_case / "masks" / "prostate.nii.gz")))
     score = dice(logic_run["arrays"]["Prostate"], sitk.GetArrayFromImage(truth) > 0)
     # the shipped gland model is still being trained: a loose floor, but far above chance/shift
     assert score > 0.6, f"Dice {score:.3f}"
 
 
-def test_t2_node_untouched(logic_run, t2_image):
+def test_t2_node_untouched(logic_run, prostatex_t2):
     array, matrix, mtime = logic_run["before"]
     after_array, after_matrix, after_mtime, transform = logic_run["after"]
     np.testing.assert_array_equal(after_array, array)
-    np.testing.assert_array_equal(after_array, sitk.GetArrayViewFromImage(t2_image))
+    np.testing.assert_array_equal(after_array, sitk.GetArrayViewFromImage(prostatex_t2))
     np.testing.assert_array_equal(after_matrix, matrix)
     assert after_mtime == mtime and transform is None
 
 
-def test_report_kept_with_the_node(logic_run, t2_image):
+def test_report_kept_with_the_node(logic_run, prostatex_t2):
     report = logic_run["report"]
     assert report == logic_run["last_report"]
-    ml = float(np.prod(t2_image.GetSpacing())) / 1000.0
+    ml = float(np.prod(prostatex_t2.GetSpacing())) / 1000.0
     arrays = logic_run["arrays"]
     assert report["volumes_ml"]["prostate"] == pytest.approx(arrays["Prostate"].sum() * ml, abs=1e-3)
     assert report["volumes_ml"]["PZ"] == pytest.approx(arrays["PZ"].sum() * ml, abs=1e-3)
@@ -248,12 +236,12 @@ def test_report_kept_with_the_node(logic_run, t2_image):
 # .seg.nrrd: segfile.py <-> Slicer's segmentation storage node
 
 
-def test_segfile_seg_nrrd_reads_in_slicer(mrml_scene, prostateai_module, direct, t2_image, tmp_path):
+def test_segfile_seg_nrrd_reads_in_slicer(mrml_scene, prostateai_module, direct, prostatex_t2, tmp_path):
     from ProstateAILib import pipeline
     from ProstateAIMRML import add_volume_node
 
     out = pipeline.write_outputs(direct, tmp_path / "out")
-    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
     node = read_with_storage_node(mrml_scene, out / "segmentation.seg.nrrd")
 
     assert segment_names(node) == SEGMENT_NAMES
@@ -277,7 +265,7 @@ def test_segfile_seg_nrrd_reads_in_slicer(mrml_scene, prostateai_module, direct,
         labelmap.GetImageToWorldMatrix(matrix)
         ras = slicer.util.arrayFromVTKMatrix(matrix)
         np.testing.assert_allclose(ras, ijk_to_ras(t2_node), rtol=0, atol=1e-9, err_msg=name)
-        assert_geometry_matches_lps(t2_image, ras, dims)
+        assert_geometry_matches_lps(prostatex_t2, ras, dims)
         # Slicer crops each layer's labelmap to its segments' Extent fields: inside the T2 grid and
         # holding the segment's bounding box (PZ and TZ share a layer, hence a shared extent)
         extent = np.array(labelmap.GetExtent()).reshape(3, 2)
@@ -300,11 +288,11 @@ def test_segfile_seg_nrrd_reads_in_slicer(mrml_scene, prostateai_module, direct,
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
 
 
-def test_slicer_seg_nrrd_reads_with_segfile(mrml_scene, prostateai_module, direct, t2_image, tmp_path):
+def test_slicer_seg_nrrd_reads_with_segfile(mrml_scene, prostateai_module, direct, prostatex_t2, tmp_path):
     from ProstateAILib import pipeline, segfile
     from ProstateAIMRML import add_volume_node
 
-    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
     node = prostateai_module.ProstateAILogic.addSegmentation(t2_node, direct)
     path = write_with_storage_node(mrml_scene, node, tmp_path / "slicer.seg.nrrd")
 
@@ -313,10 +301,10 @@ def test_slicer_seg_nrrd_reads_with_segfile(mrml_scene, prostateai_module, direc
     expected = expected_masks(direct)
     matrix = ijk_to_ras(t2_node)
     for name, image in segments.items():
-        assert_geometry_matches_lps(image, matrix, t2_image.GetSize())
-        np.testing.assert_allclose(image.GetOrigin(), t2_image.GetOrigin(), rtol=0, atol=1e-9)
-        np.testing.assert_allclose(image.GetDirection(), t2_image.GetDirection(), rtol=0, atol=1e-9)
-        np.testing.assert_allclose(image.GetSpacing(), t2_image.GetSpacing(), rtol=0, atol=1e-9)
+        assert_geometry_matches_lps(image, matrix, prostatex_t2.GetSize())
+        np.testing.assert_allclose(image.GetOrigin(), prostatex_t2.GetOrigin(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(image.GetDirection(), prostatex_t2.GetDirection(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(image.GetSpacing(), prostatex_t2.GetSpacing(), rtol=0, atol=1e-9)
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image) == 1, expected[name], err_msg=name)
     # colours as Slicer wrote them
     header = path.read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
@@ -326,7 +314,7 @@ def test_slicer_seg_nrrd_reads_with_segfile(mrml_scene, prostateai_module, direc
         np.testing.assert_allclose(written, colour, atol=1e-6)
 
 
-def test_empty_segment_stays_empty_both_ways(mrml_scene, prostateai_module, direct, t2_image, tmp_path):
+def test_empty_segment_stays_empty_both_ways(mrml_scene, prostateai_module, direct, prostatex_t2, tmp_path):
     """An empty PZ (TZ fills the gland) must not read back as the gland (same label value, same layer)."""
     from ProstateAILib import pipeline, segfile
     from ProstateAIMRML import add_volume_node
@@ -340,27 +328,27 @@ def test_empty_segment_stays_empty_both_ways(mrml_scene, prostateai_module, dire
     back = {name: sitk.GetArrayViewFromImage(image).astype(bool) for name, image in segfile.read_seg_nrrd(path).items()}
     assert not back["PZ"].any()
     np.testing.assert_array_equal(back["TZ"], prostate == 1)
-    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
     arrays = exported(read_with_storage_node(mrml_scene, path), t2_node)
     assert not arrays["PZ"].any()
     np.testing.assert_array_equal(arrays["TZ"], prostate == 1)
     np.testing.assert_array_equal(arrays["Prostate"], prostate == 1)
 
 
-def test_label_images_must_be_on_the_reference_grid(mrml_scene, prostateai_module, direct, t2_image):
+def test_label_images_must_be_on_the_reference_grid(mrml_scene, prostateai_module, direct, prostatex_t2):
     """A label image ~1e-6 mm off the oblique T2 (a NIfTI round trip) is accepted voxel for voxel;
     one shifted by 1 mm is refused with a clear error and adds no node."""
     from ProstateAILib.errors import InputError
     from ProstateAIMRML import add_segmentation_node, add_volume_node, segment_arrays
 
-    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
     segments = [("Prostate", "prostate", 1, (0.8, 0.6, 0.4))]
     nearly = sitk.Image(direct.prostate)
-    nearly.SetOrigin([o + 1e-6 for o in t2_image.GetOrigin()])
+    nearly.SetOrigin([o + 1e-6 for o in prostatex_t2.GetOrigin()])
     node = add_segmentation_node(mrml_scene, t2_node, {"prostate": nearly}, segments)
     np.testing.assert_array_equal(segment_arrays(node, t2_node)["Prostate"], sitk.GetArrayViewFromImage(direct.prostate))
     shifted = sitk.Image(direct.prostate)
-    shifted.SetOrigin([o + 1.0 for o in t2_image.GetOrigin()])
+    shifted.SetOrigin([o + 1.0 for o in prostatex_t2.GetOrigin()])
     count = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     with pytest.raises(InputError, match="not on the reference volume's grid"):
         add_segmentation_node(mrml_scene, t2_node, {"prostate": shifted}, segments)
@@ -371,12 +359,11 @@ def test_label_images_must_be_on_the_reference_grid(mrml_scene, prostateai_modul
 # The widget's path: out of process, loaded back; Cancel
 
 
-def test_segment_job_loads_the_same_segmentation(mrml_scene, prostateai_module, direct, t2_image):
-    import slicer
+def test_segment_job_loads_the_same_segmentation(mrml_scene, prostateai_module, direct, prostatex_t2):
     from ProstateAIMRML import add_volume_node
 
     logic = prostateai_module.ProstateAILogic()
-    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
     job, tempdir = logic.startSegmentJob(t2_node, threads=THREADS)
     assert job.wait(timeout=120) == "done", job.error
     node, report = logic.finishSegmentJob(job, tempdir, t2_node)
@@ -391,13 +378,13 @@ def test_segment_job_loads_the_same_segmentation(mrml_scene, prostateai_module, 
     assert prostateai_module.ProstateAILogic.reportOf(node) == report
 
 
-def test_segment_job_cancel_stops_the_process(mrml_scene, prostateai_module, t2_image):
+def test_segment_job_cancel_stops_the_process(mrml_scene, prostateai_module, prostatex_t2):
     import slicer
     from ProstateAILib.errors import Cancelled
     from ProstateAIMRML import add_volume_node
 
     logic = prostateai_module.ProstateAILogic()
-    t2_node = add_volume_node(mrml_scene, t2_image, "t2")
+    t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
     job, tempdir = logic.startSegmentJob(t2_node, threads=THREADS)
     deadline = time.monotonic() + 30
     while job.poll() == "running" and job.progress <= 0.0 and time.monotonic() < deadline:

@@ -166,7 +166,7 @@ def test_cli_single_and_cohort(tmp_path, promise12_data, capsys):
     empty = empty * 0
     sitk.WriteImage(empty, str(tmp_path / "empty.nii.gz"))
     listing = tmp_path / "list.csv"
-    listing.write_text(f"case,pred,truth\na,pred/case13_pred.nii.gz,truth/case13_prostate.nii.gz\nb,empty.nii.gz,truth/case25_prostate.nii.gz\n")
+    listing.write_text("case,pred,truth\na,pred/case13_pred.nii.gz,truth/case13_prostate.nii.gz\nb,empty.nii.gz,truth/case25_prostate.nii.gz\n")
     assert cli.main(["evaluate", "--list", str(listing), "--csv", str(tmp_path / "l.csv")]) == 0
     assert "(1 undefined)" in capsys.readouterr().out
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "l.csv").read_text().splitlines())}

@@ -24,24 +24,14 @@ MIN_TZ_DICE_TRAINING_CASE = 0.60  # the demo zone model was trained on this very
 
 
 @pytest.fixture(scope="module")
-def case(prostatex_data):
-    return prostatex_data / "ProstateX-0000"
-
-
-@pytest.fixture(scope="module")
-def t2(case):
-    return read_image(case / "t2w")
-
-
-@pytest.fixture(scope="module")
-def segmented(case, tmp_path_factory):
+def segmented(prostatex_case, tmp_path_factory):
     import torch
 
     out = tmp_path_factory.mktemp("seg") / "ProstateX-0000"
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = pipeline.run(case / "t2w", out, adc=case / "adc", hbv=case / "hbv", threads=2)
+        report = pipeline.run(prostatex_case / "t2w", out, adc=prostatex_case / "adc", hbv=prostatex_case / "hbv", threads=2)
         # Slicer runs the Logic in its own process: the caller's torch thread setting must survive
         assert torch.get_num_threads() == 1
     finally:
@@ -55,42 +45,42 @@ def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-9))
 
 
-def test_outputs_on_the_exact_t2_grid(segmented, t2):
+def test_outputs_on_the_exact_t2_grid(segmented, prostatex_t2):
     out, _ = segmented
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["probabilities/PZ.nii.gz", "probabilities/TZ.nii.gz", "probabilities/prostate.nii.gz",
                      "prostate.nii.gz", "report.json", "segmentation.seg.nrrd", "zones.nii.gz"]
     prostate, zones = read_image(out / "prostate.nii.gz"), read_image(out / "zones.nii.gz")
     for image in (prostate, zones):
-        assert _same_geometry(image, t2) and image.GetPixelID() == sitk.sitkUInt8
+        assert _same_geometry(image, prostatex_t2) and image.GetPixelID() == sitk.sitkUInt8
     p, z = sitk.GetArrayFromImage(prostate), sitk.GetArrayFromImage(zones)
     assert set(np.unique(p)) == {0, 1} and set(np.unique(z)) == {0, 1, 2}
     assert np.array_equal(p == 1, z > 0)  # PZ + TZ = gland, disjoint by construction
     for name in ("prostate", "PZ", "TZ"):
         prob = read_image(out / "probabilities" / f"{name}.nii.gz")
-        assert _same_geometry(prob, t2) and prob.GetPixelID() == sitk.sitkFloat32
+        assert _same_geometry(prob, prostatex_t2) and prob.GetPixelID() == sitk.sitkFloat32
         values = sitk.GetArrayViewFromImage(prob)
         assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6
 
 
-def test_gland_dice_on_prostatex(segmented, case):
+def test_gland_dice_on_prostatex(segmented, prostatex_case):
     out, _ = segmented
-    result = metrics.evaluate_files(out / "prostate.nii.gz", case / "masks" / "prostate.nii.gz")
+    result = metrics.evaluate_files(out / "prostate.nii.gz", prostatex_case / "masks" / "prostate.nii.gz")
     assert result["1"]["dice"] >= MIN_GLAND_DICE_PROSTATEX, result
 
 
-def test_zone_cascade_on_its_training_case(segmented, case):
+def test_zone_cascade_on_its_training_case(segmented, prostatex_case):
     out, _ = segmented
-    result = metrics.evaluate_files(out / "zones.nii.gz", case / "masks" / "zones.nii.gz")
+    result = metrics.evaluate_files(out / "zones.nii.gz", prostatex_case / "masks" / "zones.nii.gz")
     assert result["2"]["dice"] >= MIN_TZ_DICE_TRAINING_CASE, result  # TZ
     assert result["1"]["dice"] > 0.3, result  # PZ = gland - TZ: a thin shell, harder
 
 
-def test_report(segmented, t2):
+def test_report(segmented, prostatex_t2):
     out, report = segmented
     assert json.loads((out / "report.json").read_text()) == report
     zones = sitk.GetArrayFromImage(read_image(out / "zones.nii.gz"))
-    ml = np.prod(t2.GetSpacing()) / 1000
+    ml = np.prod(prostatex_t2.GetSpacing()) / 1000
     assert report["volumes_ml"]["prostate"] == pytest.approx((zones > 0).sum() * ml, abs=1e-3)
     assert report["volumes_ml"]["TZ"] == pytest.approx((zones == 2).sum() * ml, abs=1e-3)
     catalog = models.load_catalog()
@@ -101,7 +91,7 @@ def test_report(segmented, t2):
     assert report["inputs"]["T2"]["kind"] == "dicom-series" and report["inputs"]["ADC"]["size"] == [84, 128, 19]
 
 
-def test_seg_nrrd_matches_the_label_maps(segmented, t2):
+def test_seg_nrrd_matches_the_label_maps(segmented, prostatex_t2):
     out, _ = segmented
     segments = segfile.read_seg_nrrd(out / "segmentation.seg.nrrd")
     assert list(segments) == ["Prostate", "PZ", "TZ"]
@@ -109,7 +99,7 @@ def test_seg_nrrd_matches_the_label_maps(segmented, t2):
     zones = sitk.GetArrayFromImage(read_image(out / "zones.nii.gz"))
     expected = {"Prostate": prostate == 1, "PZ": zones == 1, "TZ": zones == 2}
     for name, image in segments.items():
-        assert _same_geometry(image, t2), name
+        assert _same_geometry(image, prostatex_t2), name
         assert np.array_equal(sitk.GetArrayViewFromImage(image) == 1, expected[name]), name
 
 
@@ -134,17 +124,17 @@ def _restored(image: sitk.Image, axes_order, flips) -> sitk.Image:
     return out
 
 
-def test_restored_helper_keeps_physical_space(t2):
-    moved = _restored(t2, (2, 0, 1), flips=(0, 2))
-    back = sitk.Resample(moved, t2, sitk.Transform(), sitk.sitkNearestNeighbor)
-    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(t2))
+def test_restored_helper_keeps_physical_space(prostatex_t2):
+    moved = _restored(prostatex_t2, (2, 0, 1), flips=(0, 2))
+    back = sitk.Resample(moved, prostatex_t2, sitk.Transform(), sitk.sitkNearestNeighbor)
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(prostatex_t2))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("axes_order, flips", [((0, 1, 2), (0,)), ((1, 0, 2), (1, 2)), ((2, 0, 1), ())])
-def test_same_mask_in_physical_space_for_flipped_or_permuted_axes(segmented, t2, tmp_path, axes_order, flips):
+def test_same_mask_in_physical_space_for_flipped_or_permuted_axes(segmented, prostatex_t2, tmp_path, axes_order, flips):
     out, _ = segmented
-    moved = _restored(t2, axes_order, flips)
+    moved = _restored(prostatex_t2, axes_order, flips)
     path = tmp_path / "t2_moved.nii.gz"
     sitk.WriteImage(moved, str(path))  # also covers NIfTI input vs the DICOM reference run
     pipeline.run(path, tmp_path / "out", threads=2)
@@ -158,9 +148,9 @@ def test_same_mask_in_physical_space_for_flipped_or_permuted_axes(segmented, t2,
             assert metrics.dice(back == label, ref == label) >= 0.995, (name, label)
 
 
-def test_nifti_input_gives_the_dicom_result(segmented, t2, tmp_path):
+def test_nifti_input_gives_the_dicom_result(segmented, prostatex_t2, tmp_path):
     out, _ = segmented
-    sitk.WriteImage(t2, str(tmp_path / "t2.nii.gz"))
+    sitk.WriteImage(prostatex_t2, str(tmp_path / "t2.nii.gz"))
     pipeline.run(tmp_path / "t2.nii.gz", tmp_path / "out", threads=2)
     for name in ("prostate.nii.gz", "zones.nii.gz"):
         a = sitk.GetArrayFromImage(read_image(out / name))
@@ -189,7 +179,7 @@ def _copy_catalog(tmp_path) -> Path:
     return tmp_path / "Models.json"
 
 
-def test_corrupted_weights_are_refused(tmp_path, monkeypatch, t2):
+def test_corrupted_weights_are_refused(tmp_path, monkeypatch, prostatex_t2):
     catalog = _copy_catalog(tmp_path)
     name = models.default_model("gland", models.load_catalog(catalog))
     weights = Path(models.load_catalog(catalog)[name]["path"])
@@ -201,7 +191,7 @@ def test_corrupted_weights_are_refused(tmp_path, monkeypatch, t2):
         models.load(name)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="corrupted"):
-        pipeline.run(_t2_file(t2, tmp_path), out)
+        pipeline.run(_t2_file(prostatex_t2, tmp_path), out)
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
 
@@ -221,10 +211,10 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
-def _t2_file(t2, tmp_path) -> Path:
+def _t2_file(image, tmp_path) -> Path:
     path = tmp_path / "t2.nii.gz"
     if not path.exists():
-        sitk.WriteImage(t2, str(path))
+        sitk.WriteImage(image, str(path))
     return path
 
 
@@ -235,9 +225,9 @@ def _assert_nothing_written(parent: Path, out: Path):
 
 @pytest.mark.parametrize("region", [((0, 0, 0), (110, 384, 19)), ((0, 0, 0), (384, 110, 19))],
                          ids=["right-side-only", "anterior-only"])
-def test_no_prostate_in_view(t2, tmp_path, region, capsys):
+def test_no_prostate_in_view(prostatex_t2, tmp_path, region, capsys):
     path = tmp_path / "crop.nii.gz"
-    sitk.WriteImage(sitk.RegionOfInterest(t2, region[1], region[0]), str(path))
+    sitk.WriteImage(sitk.RegionOfInterest(prostatex_t2, region[1], region[0]), str(path))
     out = tmp_path / "out"
     with pytest.raises(pipeline.NoProstateFound, match="No prostate found"):
         pipeline.run(path, out, threads=2)
@@ -247,23 +237,23 @@ def test_no_prostate_in_view(t2, tmp_path, region, capsys):
     _assert_nothing_written(tmp_path, out)
 
 
-def test_bad_inputs_give_clear_errors_and_write_nothing(t2, case, tmp_path):
+def test_bad_inputs_give_clear_errors_and_write_nothing(prostatex_t2, prostatex_case, tmp_path):
     out = tmp_path / "out"
     flat = tmp_path / "slice.nii.gz"
-    sitk.WriteImage(t2[:, :, 9], str(flat))
-    far_adc = read_image(case / "adc")
+    sitk.WriteImage(prostatex_t2[:, :, 9], str(flat))
+    far_adc = read_image(prostatex_case / "adc")
     far_adc.SetOrigin([o + 400.0 for o in far_adc.GetOrigin()])
     sitk.WriteImage(far_adc, str(tmp_path / "far_adc.nii.gz"))
     constant = sitk.Image(64, 64, 8, sitk.sitkInt16)
     sitk.WriteImage(constant, str(tmp_path / "constant.nii.gz"))
-    nan = sitk.Cast(t2, sitk.sitkFloat32)
+    nan = sitk.Cast(prostatex_t2, sitk.sitkFloat32)
     nan[10, 10, 5] = float("nan")
     sitk.WriteImage(nan, str(tmp_path / "nan.nrrd"))  # NIfTI writing drops NaN
     cases = [
         ({"t2": flat}, "3D"),
         ({"t2": tmp_path / "missing_t2"}, "does not exist"),
-        ({"t2": case / "t2w", "adc": tmp_path / "no_adc_here"}, "ADC .* does not exist"),
-        ({"t2": case / "t2w", "adc": tmp_path / "far_adc.nii.gz"}, "ADC does not overlap the T2"),
+        ({"t2": prostatex_case / "t2w", "adc": tmp_path / "no_adc_here"}, "ADC .* does not exist"),
+        ({"t2": prostatex_case / "t2w", "adc": tmp_path / "far_adc.nii.gz"}, "ADC does not overlap the T2"),
         ({"t2": tmp_path / "constant.nii.gz"}, "constant"),
         ({"t2": tmp_path / "nan.nrrd"}, "NaN"),
     ]
@@ -275,14 +265,14 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(t2, case, tmp_path):
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
     with pytest.raises(InputError, match="not a folder"):
-        pipeline.run(case / "t2w", blocked, threads=2)
+        pipeline.run(prostatex_case / "t2w", blocked, threads=2)
     assert blocked.read_text() == "not a folder"
 
 
-def test_missing_sequence_for_a_model_that_needs_it(t2):
+def test_missing_sequence_for_a_model_that_needs_it(prostatex_t2):
     metadata = {"name": "needs-adc", "channels": ["T2", "ADC"]}
     with pytest.raises(InputError, match="needs the ADC sequence; give it with --adc"):
-        pipeline._channels_for(metadata, pipeline.prepare_inputs(t2))
+        pipeline._channels_for(metadata, pipeline.prepare_inputs(prostatex_t2))
 
 
 # ---------------------------------------------------------------- demo
@@ -296,8 +286,8 @@ def test_segmentation_demo_on_the_bundled_case(tmp_path, repo_root):
         assert Path(png).stat().st_size > 20_000  # a real picture, not an empty canvas
     assert 10 < summary["volumes_ml"]["prostate"] < 150  # a plausible gland (this case: ~57 mL)
     zones = read_image(tmp_path / "ProstateX-0218" / "zones.nii.gz")
-    t2 = read_image(repo_root / "Resources" / "SampleData" / "ProstateX-0218" / "t2w")
-    assert _same_geometry(zones, t2)
+    sample_t2 = read_image(repo_root / "Resources" / "SampleData" / "ProstateX-0218" / "t2w")
+    assert _same_geometry(zones, sample_t2)
     # the axial overlay goes through the gland: that slice has both zones
     index = segdemo.gland_centre_indices(zones)["axial"]
     plane, _, _ = segdemo.render.display_slice(zones, "axial", index)
