@@ -29,9 +29,9 @@ def _nnunet_layout(root, promise12_data, names=SMALL):
     return root
 
 
-def _json_list(path, promise12_data, names=SMALL, group="g"):
+def _json_list(path, promise12_data, names=SMALL, group="g", spacings=None):
     entries = [{"image": str(promise12_data / f"{n}_t2.nii.gz"), "label": str(promise12_data / f"{n}_prostate.nii.gz"),
-                "group": group} for n in names]
+                "group": group, **({"spacing": spacings[n]} if spacings and n in spacings else {})} for n in names]
     path.write_text(json.dumps(entries))
     return path
 
@@ -209,7 +209,7 @@ def test_dice_ce_loss_is_small_for_perfect_logits():
 
 
 def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypatch):
-    data = _json_list(tmp_path / "list.json", promise12_data)
+    data = _json_list(tmp_path / "list.json", promise12_data, spacings={"case13": [1.3, 1.3, 3.4]})
     out = tmp_path / "run"
     common = ["train", "--data", str(data), "--out", str(out), "--iterations", "4", "--batch", "2",
               "--patch", "8,32,32", "--features", "4,8,8,8,8", "--val-every", "1", "--val-overlap", "0",
@@ -222,6 +222,9 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     split = json.loads((out / "split.json").read_text())
     assert len(split["val"]) == 1 and len(split["train"]) == 2
+    # the model says which voxel size each case was trained with where the list overrode it
+    assert {e["name"]: e.get("spacing") for e in split["train"] + split["val"]} == {
+        "case13": [1.3, 1.3, 3.4], "case25": None, "case38": None}
     printed = capsys.readouterr().out
     assert "epoch 2/2 loss" in printed and "best validation Dice" in printed
 

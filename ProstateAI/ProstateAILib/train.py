@@ -324,10 +324,8 @@ def _prepare(cfg: TrainConfig, log, init_metadata: dict | None = None
                                         label_map=cfg.label_map)
     prepared_train = [prepare(c) for c in train_cases]
     prepared_val = [prepare(c) for c in val_cases]
-    split = {
-        "train": [{"name": c.name, "group": c.group} for c in train_cases],
-        "val": [{"name": c.name, "group": c.group} for c in val_cases],
-    }
+    entry = lambda c: {"name": c.name, "group": c.group, **({"spacing": list(c.spacing)} if c.spacing else {})}  # noqa: E731
+    split = {"train": [entry(c) for c in train_cases], "val": [entry(c) for c in val_cases]}
     log(f"{len(train_cases)} training / {len(val_cases)} validation cases preprocessed in {time.time() - t0:.0f} s "
         f"(groups: {sorted({c.group for c in cases})})")
     return prepared_train, prepared_val, split
