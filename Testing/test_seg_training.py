@@ -311,3 +311,26 @@ def test_zone_model_training_path_and_cascade(tmp_path, prostatex_data, capsys):
     z = sitk.GetArrayViewFromImage(result.zones)
     assert np.array_equal(p == 1, z > 0) and result.report["models"]["zones"]["name"] == "model"
     assert result.zones.GetSize() == t2.GetSize()
+
+
+def test_weight_average_is_what_is_validated_and_saved(tmp_path, promise12_data, capsys):
+    data = _json_list(tmp_path / "list.json", promise12_data)
+    out = tmp_path / "run"
+    common = ["train", "--data", str(data), "--out", str(out), "--iterations", "3", "--batch", "1",
+              "--patch", "8,32,32", "--features", "4,8,8,8,8", "--val-every", "1", "--val-overlap", "0",
+              "--no-val-tta", "--threads", "1", "--seed", "3", "--ema", "0.5"]
+    assert cli.main(common + ["--epochs", "1"]) == 0
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert int(state["ema"]["n_averaged"]) == 3  # one update per optimizer step
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert saved["metadata"]["training"]["ema"] == 0.5
+    weights = [k for k, v in state["model"].items() if v.is_floating_point() and v.dim() > 1]
+    for key in weights:  # the kept model is the average (stored as float16), not the raw weights
+        assert torch.equal(saved["state_dict"][key], averaged[key].to(torch.float16)), key
+    assert any(not torch.equal(saved["state_dict"][k], state["model"][k].to(torch.float16)) for k in weights)
+    assert cli.main(common + ["--epochs", "2", "--resume"]) == 0
+    assert int(torch.load(out / "last.pt", weights_only=False)["ema"]["n_averaged"]) == 6  # carried over
+    capsys.readouterr()
+    with pytest.raises(InputError, match="--ema must be between 0 and 1"):
+        train.weight_average(network.build_network(), 1.5)

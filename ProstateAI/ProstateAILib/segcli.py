@@ -78,6 +78,9 @@ def _register_train(subparsers) -> None:
     p.add_argument("--val-overlap", type=float, default=0.25, help="window overlap for validation")
     p.add_argument("--no-val-tta", action="store_true", help="validate without flip TTA (faster, noisier selection)")
     p.add_argument("--init", default=None, help="start from this model file's weights (fine-tuning), new optimizer")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="validate and keep an exponential moving average of the weights with this decay "
+                        "(e.g. 0.998; default 0 = off)")
     p.add_argument("--features", default=None, help="channels per level, e.g. 16,32,64,96,128")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and SimpleITK")
@@ -109,7 +112,7 @@ def _train(args) -> int:
         data=args.data, out=args.out, epochs=args.epochs, iterations=args.iterations, batch=args.batch,
         patch=_triple(args.patch, int), lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
-        max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init,
+        max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init, ema=args.ema,
         channels=tuple(c.strip() for c in args.channels.split(",")),
         labels=tuple(c.strip() for c in args.labels.split(",")),
         label_map={int(a): int(b) for a, b in (item.split("=") for item in args.label_map.split(","))}
