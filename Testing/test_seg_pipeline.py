@@ -19,7 +19,7 @@ pytestmark = pytest.mark.data
 
 # Measured with the shipped models (Resources/Models.json records them); the bounds leave room
 # for CPU-to-CPU float differences, not for a worse model.
-MIN_GLAND_DICE_PROSTATEX = 0.78  # measured 0.809
+MIN_GLAND_DICE_PROSTATEX = 0.80  # measured 0.830 (gland model v1.2)
 MIN_TZ_DICE_TRAINING_CASE = 0.60  # the demo zone model was trained on this very case: plumbing check only
 
 
@@ -284,7 +284,7 @@ def test_segmentation_demo_on_the_bundled_case(tmp_path, repo_root):
     assert [Path(p).name for p in summary["pngs"]] == [f"segmentation_{a}.png" for a in ("axial", "coronal", "sagittal")]
     for png in summary["pngs"]:
         assert Path(png).stat().st_size > 20_000  # a real picture, not an empty canvas
-    assert 10 < summary["volumes_ml"]["prostate"] < 150  # a plausible gland (this case: ~57 mL)
+    assert 10 < summary["volumes_ml"]["prostate"] < 150  # a plausible gland (this case: ~71 mL with gland model v1.2)
     zones = read_image(tmp_path / "ProstateX-0218" / "zones.nii.gz")
     sample_t2 = read_image(repo_root / "Resources" / "SampleData" / "ProstateX-0218" / "t2w")
     assert _same_geometry(zones, sample_t2)
