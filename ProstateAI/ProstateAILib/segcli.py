@@ -147,6 +147,18 @@ def _register_calibrate(subparsers) -> None:
     p.set_defaults(func=_calibrate)
 
 
+def _reference_mm(text: str) -> tuple[float, float]:
+    from .errors import InputError
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(v > 0 for v in values):
+        raise InputError(f"--reference-mm must be two positive sizes in mm, 'INPLANE,CC' (e.g. 48,48), got '{text}'.")
+    return values
+
+
 def _calibrate(args) -> int:
     import json
     from pathlib import Path
@@ -162,7 +174,7 @@ def _calibrate(args) -> int:
         _, metadata = read_model_file(args.split_from)
         val = {v["name"] for v in (metadata.get("split") or {}).get("val", [])}
         measured = [c for c in cases if c.name not in val]
-    reference = tuple(float(v) for v in args.reference_mm.split(",")) if args.reference_mm else dataset.GLAND_REFERENCE_MM
+    reference = _reference_mm(args.reference_mm) if args.reference_mm else dataset.GLAND_REFERENCE_MM
     table = dataset.calibrate_group_spacing(measured, reference)
     for case in cases:  # paths absolute: the list may be written anywhere
         case.images = [str(Path(p).resolve()) for p in case.images]
