@@ -258,7 +258,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scrip
         settings = self.logic.n4SettingsFromParameters(p)
         started = self._run("N4 start", lambda: self.logic.startN4Job(p.inputVolume, p.n4Mask, settings))
         if started is not None:
-            self.startJob(*started, "N4", {"input": p.inputVolume})
+            self.startJob(*started, "N4", {"kind": "n4", "input": p.inputVolume})
 
     def _showN4Result(self, inputNode, correctedNode, fieldNode) -> None:
         self._n4Nodes = {"input": inputNode, "corrected": correctedNode, "field": fieldNode}
@@ -321,7 +321,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scrip
             lambda: self.logic.startRegistrationJob(p.fixedVolume, p.movingVolume, settings, p.glandMask),
         )
         if started is not None:
-            self.startJob(*started, "Registration", {"fixed": p.fixedVolume, "moving": p.movingVolume})
+            self.startJob(*started, "Registration", {"kind": "register", "fixed": p.fixedVolume, "moving": p.movingVolume})
 
     def onCheckerboard(self) -> None:
         nodes = self._registrationNodes
@@ -333,7 +333,7 @@ class MRStandardizeWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scrip
         """Load a finished job's outputs into new nodes (or report why there are none)."""
         job, tempdir, nodes = running.job, running.tempdir, running.context
         try:
-            if running.what == "N4":
+            if nodes["kind"] == "n4":
                 corrected, field = self.logic.finishN4Job(job, tempdir, nodes["input"])
                 self._showN4Result(nodes["input"], corrected, field)
                 self.ui.statusLabel.text = f"N4 done: '{corrected.GetName()}', '{field.GetName()}'"

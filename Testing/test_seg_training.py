@@ -121,7 +121,9 @@ def test_calibrate_spacing_command_measures_training_cases_only(tmp_path, promis
     cases = dataset.discover_cases(out)  # the list is a training dataset as written
     assert len(cases) == 36 and all(c.spacing is not None for c in cases)
     assert "256x256-hi: spacing" in capsys.readouterr().out
-    for bad in (["--reference-mm", "48"], ["--reference-mm", "a,b"], ["--split-from", str(tmp_path / "none.pt")]):
+    zones_model = repo_root / "Resources" / "Models" / "prostate-zones-t2-demo.pt"  # validated on other data
+    for bad in (["--reference-mm", "48"], ["--reference-mm", "a,b"], ["--split-from", str(tmp_path / "none.pt")],
+                ["--split-from", str(zones_model)]):
         assert cli.main(["calibrate-spacing", "--data", str(promise12_data), "--out", str(tmp_path / "x.json"), *bad]) == 2
         assert "error:" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 

@@ -168,12 +168,12 @@ def _calibrate(args) -> int:
 
     cases = dataset.assign_groups(dataset.discover_cases(args.data))
     measured = cases
-    if args.split_from:
+    if args.split_from:  # the model's validation cases must exist here and are not measured
         from .models import read_model_file
+        from .train import split_of_model
 
         _, metadata = read_model_file(args.split_from)
-        val = {v["name"] for v in (metadata.get("split") or {}).get("val", [])}
-        measured = [c for c in cases if c.name not in val]
+        measured, _ = split_of_model(metadata, args.split_from, cases, log=lambda message: None)
     reference = _reference_mm(args.reference_mm) if args.reference_mm else dataset.GLAND_REFERENCE_MM
     table = dataset.calibrate_group_spacing(measured, reference)
     for case in cases:  # paths absolute: the list may be written anywhere

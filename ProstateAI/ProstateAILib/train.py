@@ -303,20 +303,28 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 # ---------------------------------------------------------------- main loop
 
-def _split_of_model(metadata: dict, path: str, cases: list[ds.Case], log) -> tuple[list[ds.Case], list[ds.Case]]:
+def split_of_model(metadata: dict, path: str, cases: list[ds.Case], log) -> tuple[list[ds.Case], list[ds.Case]]:
     """The (train, val) cases of the model read from `path` (its `metadata`), by name, from this dataset."""
     split = metadata.get("split") or {}
     by_name = {c.name: c for c in cases}
     val_names = [v["name"] for v in split.get("val", [])]
+    recorded = val_names + [t["name"] for t in split.get("train", [])]
     missing = [n for n in val_names if n not in by_name]
+    if not any(n in by_name for n in recorded):  # e.g. a model trained on another dataset altogether
+        missing = missing or recorded
     if not split or missing:
-        raise InputError(f"--init model '{path}' was not validated on this dataset "
+        raise InputError(f"Model '{path}' was not trained and validated on this dataset "
                          f"({'no split recorded' if not split else 'missing cases: ' + ', '.join(missing)}); "
-                         "fine-tune it on the data it was trained on, or train from scratch.")
+                         "use it with the data it was trained on (or train from scratch).")
     val = [by_name[n] for n in val_names]
     train = [c for c in cases if c.name not in set(val_names)]
     log(f"validation split taken from {path}: {', '.join(val_names)}")
     return train, val
+
+
+def _split_entry(case: ds.Case) -> dict:
+    """How a case is recorded in the model's split (with the voxel size a dataset list imposed)."""
+    return {"name": case.name, "group": case.group, **({"spacing": list(case.spacing)} if case.spacing else {})}
 
 
 def _prepare(cfg: TrainConfig, log, init_metadata: dict | None = None
@@ -331,7 +339,7 @@ def _prepare(cfg: TrainConfig, log, init_metadata: dict | None = None
     ds.assign_groups(cases)
     if init_metadata is not None:
         # Fine-tuning keeps the source model's split: its training cases must not become validation.
-        train_cases, val_cases = _split_of_model(init_metadata, cfg.init, cases, log)
+        train_cases, val_cases = split_of_model(init_metadata, cfg.init, cases, log)
     else:
         train_cases, val_cases = ds.stratified_split(cases, cfg.val_fraction, cfg.seed)
     if not train_cases:
@@ -341,8 +349,7 @@ def _prepare(cfg: TrainConfig, log, init_metadata: dict | None = None
                                         label_map=cfg.label_map)
     prepared_train = [prepare(c) for c in train_cases]
     prepared_val = [prepare(c) for c in val_cases]
-    entry = lambda c: {"name": c.name, "group": c.group, **({"spacing": list(c.spacing)} if c.spacing else {})}  # noqa: E731
-    split = {"train": [entry(c) for c in train_cases], "val": [entry(c) for c in val_cases]}
+    split = {"train": [_split_entry(c) for c in train_cases], "val": [_split_entry(c) for c in val_cases]}
     log(f"{len(train_cases)} training / {len(val_cases)} validation cases preprocessed in {time.time() - t0:.0f} s "
         f"(groups: {sorted({c.group for c in cases})})")
     return prepared_train, prepared_val, split
