@@ -40,18 +40,20 @@ def test_failed_job_reports_the_commands_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cancelled_and_running_jobs(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    # `n4` on a large synthetic volume at full quality runs long enough to be cancelled mid-way
+def _long_n4_job(work):
+    """`n4` on a large synthetic volume at full quality: runs long enough to be cancelled mid-way."""
     import numpy as np
     import SimpleITK as sitk
 
-    rng = np.random.default_rng(0)
-    image = sitk.GetImageFromArray((rng.random((60, 200, 200)) * 100 + 50).astype(np.float32))
+    work.mkdir()
+    image = sitk.GetImageFromArray((np.random.default_rng(0).random((60, 200, 200)) * 100 + 50).astype(np.float32))
     sitk.WriteImage(image, str(work / "in.nrrd"))
-    job = jobs.start_job(["n4", str(work / "in.nrrd"), str(work / "out.nrrd"), "--quality", "full"],
-                         str(work), "N4 correction")
+    return jobs.start_job(["n4", str(work / "in.nrrd"), str(work / "out.nrrd"), "--quality", "full"], str(work), "N4")
+
+
+def test_cancelled_and_running_jobs(tmp_path):
+    work = tmp_path / "work"
+    job = _long_n4_job(work)
     with pytest.raises(InputError, match="still running"):
         jobs.require_done(job, "N4")
     jobs.discard_job(job, str(work))
@@ -122,16 +124,6 @@ def _poll_until_finished(widget, seconds=120.0):
         widget._pollJob()
         time.sleep(0.1)
     assert not widget.jobRunning, "the job did not end"
-
-
-def _long_n4_job(work):
-    import numpy as np
-    import SimpleITK as sitk
-
-    work.mkdir()
-    image = sitk.GetImageFromArray((np.random.default_rng(0).random((60, 200, 200)) * 100 + 50).astype(np.float32))
-    sitk.WriteImage(image, str(work / "in.nrrd"))
-    return jobs.start_job(["n4", str(work / "in.nrrd"), str(work / "out.nrrd"), "--quality", "full"], str(work), "N4")
 
 
 def test_job_polling_mixin_finishes_cancels_and_discards(tmp_path):

@@ -222,8 +222,7 @@ def tune_threshold(model, metadata: dict, cases: list[ds.PreparedCase], device, 
             probs = inference.sliding_window(model, case.image, patch, overlap=overlap, flip_axes=flips, device=device)
             foreground = preprocess.probabilities_to_original(probs, case.working, case.original)[1]
             for t in thresholds:
-                scores[layout, overlap, t][case.name] = metrics.dice(
-                    inference.keep_largest_component(foreground >= t), truth)
+                scores[layout, overlap, t][case.name] = metrics.dice(inference.foreground_mask(foreground, t), truth)
     table = {key: float(np.mean(list(v.values()))) for key, v in scores.items()}
     best = max(table, key=lambda k: (round(table[k], 4), k[0] == "whole-plane", -k[1], -abs(k[2] - 0.5)))
     return {"layout": best[0], "overlap": best[1], "threshold": best[2], "mean_dice": table[best],
@@ -317,7 +316,8 @@ def split_of_model(metadata: dict, path: str, cases: list[ds.Case], log) -> tupl
                          f"({'no split recorded' if not split else 'missing cases: ' + ', '.join(missing)}); "
                          "use it with the data it was trained on (or train from scratch).")
     val = [by_name[n] for n in val_names]
-    train = [c for c in cases if c.name not in set(val_names)]
+    val_set = set(val_names)
+    train = [c for c in cases if c.name not in val_set]
     log(f"validation split taken from {path}: {', '.join(val_names)}")
     return train, val
 
