@@ -17,17 +17,14 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ProstateAILib.demo --out demo-output
+	$(PY) -m ProstateAIApp.demo --out demo-output
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks time ours against the reference in the same run and print ratios (not part of the tests).
 bench: $(STAMP)
-	$(PY) -m CTPreprocessLib.bench
-	$(PY) -m MRStandardizeLib.bench
-	$(PY) -m MRStandardizeLib.registration_bench
-	$(PY) -m ProstateAILib.bench
+	$(PY) -m ProstateAIApp.bench
 
 clean:
 	rm -rf $(VENV) demo-output bench-output

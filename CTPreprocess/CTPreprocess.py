@@ -42,14 +42,14 @@ from CTPreprocessLib.pipeline import (
 from CTPreprocessLib.window import (
     PRESET_LABELS,
     PRESETS,
-    histogram,
     percentile_window,
     window_from_level_width,
     window_from_preset,
 )
-from ProstateAILib.errors import InputError
+from ProstateAICore.errors import InputError
+from ProstateAICore.intensity import histogram
 from ProstateAIWidgetBase import ParameterNodeWidgetMixin
-from ProstateAIMRML import add_volume_node, image_from_volume_node, update_volume_node_from_image
+from ProstateAIMRML import add_volume_node, helper_node, image_from_volume_node, update_volume_node_from_image
 
 SAMPLE_CT_FILE = "sample_ct_abdomen_pelvis.nii.gz"
 
@@ -70,7 +70,7 @@ class CTPreprocess(ScriptedLoadableModule):  # noqa: F405
         ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
         self.parent.title = "CT Preprocess"
         self.parent.categories = ["ProstateAI"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["ProstateAICommon"]  # ProstateAICore, MRML glue, widget base
         self.parent.contributors = ["ProstateAI contributors"]
         self.parent.helpText = """
 Prepare CT volumes for analysis and deep learning, in the order the literature recommends:
@@ -436,14 +436,8 @@ class CTPreprocessLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     def _histogramNode(self, scene, className: str, role: str, name: str):
         """The module's histogram helper node with this role (one set per scene), created when missing."""
-        for node in slicer.util.getNodesByClass(className, scene):
-            if node.GetAttribute(self.HISTOGRAM_ROLE_ATTRIBUTE) == role:
-                return node
-        node = scene.AddNewNodeByClass(className, name)
-        node.SetAttribute(self.HISTOGRAM_ROLE_ATTRIBUTE, role)
-        if className != "vtkMRMLPlotChartNode":
-            node.SetHideFromEditors(True)
-        return node
+        return helper_node(scene, className, self.HISTOGRAM_ROLE_ATTRIBUTE, role, name,
+                           hidden=className != "vtkMRMLPlotChartNode")
 
     def histogramPlotViewNode(self, scene=None):
         """The plot view node the widget's embedded plot shows (one per scene)."""

@@ -5,7 +5,7 @@ only holds the Slicer glue:
 
 - `MRStandardizeParameterNode`: the module state, saved with the scene and bound to the .ui widgets.
 - `MRStandardizeWidget`: thin GUI. N4 preview runs in-process (~2 s); N4 at full quality and the
-  registration run out of process (`ProstateAILib.jobs.Job`), polled by a QTimer, with a real Cancel.
+  registration run out of process (`ProstateAICore.jobs.Job`), polled by a QTimer, with a real Cancel.
 - `MRStandardizeLogic`: MRML glue (volume nodes <-> SimpleITK images and temporary files, job
   building and result loading, slice-view layers, Nyul histogram plot nodes). Usable without the GUI.
 - `MRStandardizeTest`: self-test on synthetic volumes (no data download needed).
@@ -33,12 +33,13 @@ from slicer.util import VTKObservationMixin
 from MRStandardizeLib import normalize as mrnormalize
 from MRStandardizeLib import nyul
 from MRStandardizeLib import registration as mrregistration
+from MRStandardizeLib import registration_check
 from MRStandardizeLib.n4 import n4_correct
-from ProstateAILib.errors import Cancelled, InputError
-from ProstateAILib.imageio import same_grid
-from ProstateAILib.jobs import require_done, start_job
+from ProstateAICore.errors import Cancelled, InputError
+from ProstateAICore.geometry import same_grid
+from ProstateAICore.jobs import require_done, start_job
 from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
-from ProstateAIMRML import add_volume_node, describe_volume, image_from_volume_node
+from ProstateAIMRML import add_volume_node, describe_volume, helper_node, image_from_volume_node
 
 N4_QUALITIES = ("preview", "full")
 NORMALIZE_METHODS = tuple(mrnormalize.METHODS)
@@ -65,7 +66,7 @@ class MRStandardize(ScriptedLoadableModule):  # noqa: F405
         ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
         self.parent.title = "MR Standardize"
         self.parent.categories = ["ProstateAI"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["ProstateAICommon"]  # ProstateAICore, MRML glue, widget base
         self.parent.contributors = ["ProstateAI contributors"]
         self.parent.helpText = """
 Standardise MR intensities so that images from different scanners and sessions become comparable,
@@ -480,7 +481,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             args += ["--shrink", str(int(settings["shrink"]))]
         if settings.get("iterations"):
             args += ["--iterations", str(int(settings["iterations"]))]
-        return start_job(args, tempdir, "N4 correction"), tempdir
+        return start_job("MRStandardizeLib.cli", args, tempdir, "N4 correction"), tempdir
 
     def finishN4Job(self, job, tempdir: str, inputNode):
         """Load a finished N4 job's outputs as new nodes on the input's grid; returns (correctedNode, fieldNode).
@@ -557,12 +558,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     def _helperNode(self, scene, className: str, role: str, name: str):
         """The module's plot helper node with this role (one per scene), created when missing."""
-        for node in slicer.util.getNodesByClass(className, scene):
-            if node.GetAttribute(self.ROLE_ATTRIBUTE) == role:
-                return node
-        node = scene.AddNewNodeByClass(className, name)
-        node.SetAttribute(self.ROLE_ATTRIBUTE, role)
-        return node
+        return helper_node(scene, className, self.ROLE_ATTRIBUTE, role, name)
 
     def plotViewNode(self, scene=None):
         """The plot view node the widget's embedded plot shows (one per scene)."""
@@ -717,7 +713,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if mask is not None:
             sitk.WriteImage(mask, files["mask"])
             args += ["--selection-mask", files["mask"]]
-        return start_job(args, tempdir, "registration"), tempdir
+        return start_job("MRStandardizeLib.cli", args, tempdir, "registration"), tempdir
 
     def finishRegistrationJob(self, job, tempdir: str, fixedNode, movingNode):
         """Load a finished registration: (transformNode, resampledNode on the fixed grid, report dict).
@@ -763,7 +759,7 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """Checkerboard of fixed and registered moving (percentile-normalised) as a new node on the fixed grid."""
         fixed = self._imageOf(fixedNode, "fixed volume")
         resampled = self._imageOf(resampledNode, "registered volume")
-        board = mrregistration.checkerboard(fixed, resampled, pattern)
+        board = registration_check.checkerboard(fixed, resampled, pattern)
         return self._addOnGrid(fixedNode, board, f"{resampledNode.GetName()} checkerboard", "checkerboard")
 
     @staticmethod

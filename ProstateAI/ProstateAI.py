@@ -6,7 +6,7 @@ This file only holds the Slicer glue:
 
 - `ProstateAIParameterNode`: the module state, saved with the scene and bound to the .ui widgets.
 - `ProstateAIWidget`: thin GUI. Segment runs `prostateai segment` out of process
-  (`ProstateAILib.jobs.Job`), polled by a QTimer, with a progress bar and a real Cancel; the result
+  (`ProstateAICore.jobs.Job`), polled by a QTimer, with a progress bar and a real Cancel; the result
   is loaded as a segmentation node (Prostate, PZ, TZ) on the T2.
 - `ProstateAILogic`: MRML glue (volume nodes <-> SimpleITK, in-process segmentation, job building and
   result loading). Usable from the Python console and other modules without the GUI.
@@ -31,9 +31,9 @@ from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from ProstateAILib import models, pipeline
-from ProstateAILib.errors import Cancelled, InputError
-from ProstateAILib.imageio import validate_volume
-from ProstateAILib.jobs import require_done, start_job
+from ProstateAICore.errors import Cancelled, InputError
+from ProstateAICore.imageio import validate_volume
+from ProstateAICore.jobs import require_done, start_job
 from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
 from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node
 
@@ -50,7 +50,7 @@ class ProstateAI(ScriptedLoadableModule):  # noqa: F405
         ScriptedLoadableModule.__init__(self, parent)  # noqa: F405
         self.parent.title = "ProstateAI"
         self.parent.categories = ["ProstateAI"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["ProstateAICommon", "CTPreprocess", "MRStandardize"]  # their Lib packages
         self.parent.contributors = ["ProstateAI contributors"]
         self.parent.helpText = """
 Segment the prostate gland and its zones on axial T2-weighted MRI with 3D convolutional networks:
@@ -344,7 +344,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             args.append("--no-tta")
         if threads:
             args += ["--threads", str(int(threads))]
-        return start_job(args, tempdir, "segmentation"), tempdir
+        return start_job("ProstateAILib.cli", args, tempdir, "segmentation"), tempdir
 
     def finishSegmentJob(self, job, tempdir: str, t2Node, name=None):
         """Load a finished job's segmentation.seg.nrrd with the T2 as reference; returns (node, report).
@@ -464,7 +464,7 @@ class ProstateAITest(ScriptedLoadableModuleTest):  # noqa: F405
         zones[2:5, 5:15, 6:18] = 1
         zones[2:5, 8:12, 9:15] = 2
         prostate = (zones > 0).astype(np.uint8)
-        node = add_segmentation_node(slicer.mrmlScene, t2Node, {"prostate": prostate, "zones": zones})
+        node = add_segmentation_node(slicer.mrmlScene, t2Node, {"prostate": prostate, "zones": zones}, pipeline.SEGMENTS)
         segmentation = node.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
         self._expect(names == list(SEGMENT_NAMES), f"segments {names}")

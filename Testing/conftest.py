@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Module folders hold <Module>.py files and the shared MRML glue; Slicer puts them on sys.path too.
-for folder in ("CTPreprocess", "MRStandardize", "ProstateAI", "Testing"):
+# Module folders hold <Module>.py files; Common holds the shared MRML glue and widget base. Slicer
+# puts them on sys.path too.
+for folder in ("Common", "CTPreprocess", "MRStandardize", "ProstateAI", "Testing"):
     path = str(REPO / folder)
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -53,7 +54,7 @@ def prostatex_case(prostatex_data) -> Path:
 @pytest.fixture(scope="session")
 def prostatex_t2(prostatex_case):
     """ProstateX-0000's oblique T2 (384 x 384 x 19, 0.5 x 0.5 x 3 mm), read once per test session."""
-    from ProstateAILib.imageio import read_image
+    from ProstateAICore.imageio import read_image
 
     return read_image(prostatex_case / "t2w")
 

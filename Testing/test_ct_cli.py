@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ProstateAILib.cli import main
+from ProstateAIApp.cli import main
 
 pytestmark = pytest.mark.data
 

@@ -135,7 +135,7 @@ def test_bundled_sample_self_test(mrml_scene, ct, monkeypatch, repo_root):
 def test_preset_preview_changes_display_only(mrml_scene, ct, small_image):
     import slicer
 
-    from ProstateAILib.errors import InputError
+    from ProstateAICore.errors import InputError
 
     node = add_node(mrml_scene, small_image, "ct")
     before = np.array(slicer.util.arrayFromVolume(node), copy=True)
@@ -234,7 +234,7 @@ def test_reference_grid_resample(mrml_scene, ct, small_image):
 
 
 def test_parameters_to_config(ct, mrml_scene, small_image):
-    from ProstateAILib.errors import InputError
+    from ProstateAICore.errors import InputError
 
     node = add_node(mrml_scene, small_image, "ct")
     logic = ct.CTPreprocessLogic()
@@ -256,7 +256,7 @@ def test_parameters_to_config(ct, mrml_scene, small_image):
 
 def test_constant_volume_raises_input_error_and_adds_nothing(mrml_scene, ct):
     from CTPreprocessLib.pipeline import CTPipelineConfig
-    from ProstateAILib.errors import InputError
+    from ProstateAICore.errors import InputError
 
     image = sitk.Image([20, 20, 5], sitk.sitkInt16) - 1000
     image.SetSpacing((1.0, 1.0, 3.0))

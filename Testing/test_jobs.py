@@ -1,15 +1,16 @@
-"""Job helpers the module Logic classes share (ProstateAILib.jobs): environment, start, finish states."""
+"""Job helpers the module Logic classes share (ProstateAICore.jobs): environment, start, finish states."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ProstateAILib import jobs
-from ProstateAILib.errors import Cancelled, InputError
+from ProstateAICore import jobs
+from ProstateAICore.errors import Cancelled, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,11 +18,52 @@ REPO = Path(__file__).resolve().parents[1]
 def test_job_environment_puts_every_module_folder_first():
     env = jobs.job_environment({"PYTHONPATH": "/elsewhere", "OTHER": "1"})
     paths = env["PYTHONPATH"].split(os.pathsep)
-    expected = [str(REPO / name) for name in ("ProstateAI", "CTPreprocess", "MRStandardize")]
-    assert sorted(paths[:3]) == sorted(expected) and paths[-1] == "/elsewhere"
+    expected = [str(REPO / name) for name in ("Common", "ProstateAI", "CTPreprocess", "MRStandardize")]
+    assert sorted(paths[:4]) == sorted(expected) and paths[-1] == "/elsewhere"
     assert env["OTHER"] == "1"
-    for folder in paths[:3]:
-        assert (Path(folder) / f"{Path(folder).name}Lib" / "__init__.py").is_file()
+    assert (REPO / "Common" / "ProstateAICore" / "__init__.py").is_file()
+    for folder in paths[:4]:
+        if Path(folder).name != "Common":
+            assert (Path(folder) / f"{Path(folder).name}Lib" / "__init__.py").is_file()
+
+
+# A job whose command starts a grandchild that ignores SIGTERM (as a stuck helper process would).
+TREE_JOB = """
+import subprocess, sys, time
+# The grandchild writes its pid only once it ignores SIGTERM, so the test cancels a stuck helper.
+subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)", sys.argv[1]])
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an ended child nobody has reaped yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the grandchild")
+def test_cancel_ends_the_whole_process_tree(tmp_path):
+    """Cancel reaches processes the job started, even one that ignores the polite SIGTERM."""
+    (tmp_path / "tree_job.py").write_text(TREE_JOB)
+    pid_file = tmp_path / "grandchild.pid"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    job = jobs.Job("tree_job", [str(pid_file)], env=env).start()
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert _alive(grandchild) and job.poll() == "running"
+    job.cancel(grace_seconds=0.5)
+    assert job.poll() == "cancelled"
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the grandchild outlived the cancel"
 
 
 def test_job_python_is_this_interpreter_outside_slicer():
@@ -30,7 +72,7 @@ def test_job_python_is_this_interpreter_outside_slicer():
 
 def test_failed_job_reports_the_commands_error(tmp_path):
     (tmp_path / "work").mkdir()
-    job = jobs.start_job(["segment", "--t2", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+    job = jobs.start_job("ProstateAILib.cli", ["segment", "--t2", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
                          str(tmp_path / "work"), "segmentation")
     job.wait(timeout=120)
     with pytest.raises(InputError, match="does not exist"):
@@ -48,7 +90,7 @@ def _long_n4_job(work):
     work.mkdir()
     image = sitk.GetImageFromArray((np.random.default_rng(0).random((60, 200, 200)) * 100 + 50).astype(np.float32))
     sitk.WriteImage(image, str(work / "in.nrrd"))
-    return jobs.start_job(["n4", str(work / "in.nrrd"), str(work / "out.nrrd"), "--quality", "full"], str(work), "N4")
+    return jobs.start_job("MRStandardizeLib.cli", ["n4", str(work / "in.nrrd"), str(work / "out.nrrd"), "--quality", "full"], str(work), "N4")
 
 
 def test_cancelled_and_running_jobs(tmp_path):
@@ -67,7 +109,7 @@ def test_a_job_that_cannot_start_removes_its_folder(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.setattr(jobs, "job_python", lambda: str(tmp_path / "no-such-python"))
     with pytest.raises(InputError, match="Could not start the background segmentation"):
-        jobs.start_job(["segment"], str(work), "segmentation")
+        jobs.start_job("ProstateAILib.cli", ["segment"], str(work), "segmentation")
     assert not work.exists()
 
 
@@ -129,7 +171,7 @@ def _poll_until_finished(widget, seconds=120.0):
 def test_job_polling_mixin_finishes_cancels_and_discards(tmp_path):
     widget = _polling_widget()
     (tmp_path / "a").mkdir()
-    job = jobs.start_job(["segment", "--t2", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+    job = jobs.start_job("ProstateAILib.cli", ["segment", "--t2", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
                          str(tmp_path / "a"), "segmentation")
     widget.startJob(job, str(tmp_path / "a"), "Segmentation", {"t2": "the T2 node"}, "Segmenting...")
     assert widget.jobRunning and widget._timer.active and widget.ui.progressBar.visible

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from ProstateAILib.cli import main
+from ProstateAIApp.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def test_bad_input_exits_2_with_one_line_and_no_output(files, tmp_path, capsys, 
 
 
 def test_console_entry_point_runs_out_of_process(files, tmp_path):
-    """The real `python -m ProstateAILib.cli` process (what jobs.Job starts): exit 2 on bad input."""
+    """The real `python -m MRStandardizeLib.cli` process (what jobs.Job starts): exit 2 on bad input."""
     out = tmp_path / "out.nii.gz"
-    proc = subprocess.run([sys.executable, "-m", "ProstateAILib.cli", "normalize", files["constant"], str(out)],
+    proc = subprocess.run([sys.executable, "-m", "MRStandardizeLib.cli", "normalize", files["constant"], str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "constant" in proc.stderr and not out.exists()

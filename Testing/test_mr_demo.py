@@ -74,7 +74,7 @@ def _same_grid_exactly(a: sitk.Image, b: sitk.Image) -> None:
 @pytest.mark.slow
 def test_demo_writes_outputs_on_the_t2_grid(demo_run):
     from MRStandardizeLib import demo
-    from ProstateAILib.imageio import read_image
+    from ProstateAICore.imageio import read_image
 
     out, summary = demo_run
     for name in EXPECTED:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from MRStandardizeLib import n4
-from ProstateAILib.errors import InputError
+from ProstateAICore.errors import InputError
 
 
 @pytest.fixture(scope="module")

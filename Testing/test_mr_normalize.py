@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from MRStandardizeLib import denoise, normalize
-from ProstateAILib.errors import InputError
+from ProstateAICore.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from MRStandardizeLib import nyul
-from ProstateAILib.errors import InputError
+from ProstateAICore.errors import InputError
 
 # Five sites / sizes / intensity ranges: max 391 (256x256), 1462, 1723 (128x128), 416 (192x192), 4095 (coil).
 CASES = ["case01", "case13", "case25", "case34", "case38"]

@@ -14,8 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from MRStandardizeLib import registration as reg
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import read_image, require_same_grid, same_grid
+from MRStandardizeLib import registration_check as check
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import require_same_grid, same_grid
+from ProstateAICore.imageio import read_image
 
 pytestmark = pytest.mark.data
 
@@ -227,24 +229,24 @@ def test_save_transform_rejects_unknown_suffix(rigid, tmp_path):
 
 
 def test_checkerboard_and_blend(prostatex_t2, rigid):
-    board = reg.checkerboard(prostatex_t2, rigid.resampled, pattern=(8, 8, 1))
+    board = check.checkerboard(prostatex_t2, rigid.resampled, pattern=(8, 8, 1))
     assert same_grid(board, prostatex_t2)
-    a = sitk.GetArrayFromImage(reg.normalize_percentile(prostatex_t2))
-    b = sitk.GetArrayFromImage(reg.normalize_percentile(rigid.resampled))
+    a = sitk.GetArrayFromImage(check.normalize_percentile(prostatex_t2))
+    b = sitk.GetArrayFromImage(check.normalize_percentile(rigid.resampled))
     c = sitk.GetArrayFromImage(board)
     assert 0.0 <= c.min() and c.max() <= 1.0
     assert np.array_equal(c[:, :10, :10], a[:, :10, :10])  # first square: fixed
     assert np.array_equal(c[:, :10, 50:60], b[:, :10, 50:60])  # next square along x: moving
-    half = sitk.GetArrayFromImage(reg.blend(prostatex_t2, rigid.resampled, 0.5))
+    half = sitk.GetArrayFromImage(check.blend(prostatex_t2, rigid.resampled, 0.5))
     assert np.allclose(half, 0.5 * a + 0.5 * b, atol=1e-6)
     with pytest.raises(InputError):
-        reg.blend(prostatex_t2, rigid.resampled, 1.5)
+        check.blend(prostatex_t2, rigid.resampled, 1.5)
 
 
 def test_check_png_is_written(prostatex_t2, adc, gland, rigid, tmp_path):
     import matplotlib.image
 
-    path = reg.save_check_png(prostatex_t2, adc, rigid.resampled, tmp_path / "check.png", mask=gland)
+    path = check.save_check_png(prostatex_t2, adc, rigid.resampled, tmp_path / "check.png", mask=gland)
     picture = matplotlib.image.imread(str(path))
     assert picture.ndim == 3 and picture.shape[0] > 300 and picture.shape[1] > 300
     assert picture[..., :3].std() > 0.05  # not blank
@@ -255,7 +257,7 @@ def test_check_png_is_written(prostatex_t2, adc, gland, rigid, tmp_path):
 
 
 def test_cli_writes_image_transform_png_and_report(prostatex_case, prostatex_t2, tmp_path):
-    from ProstateAILib.cli import main
+    from ProstateAIApp.cli import main
 
     names = ("adc_on_t2.nii.gz", "adc_to_t2.tfm", "check.png", "report.json", "hbv_on_t2.nii.gz")
     out, tfm, png, report, hbv_out = (tmp_path / n for n in names)
@@ -283,7 +285,7 @@ def test_cli_writes_image_transform_png_and_report(prostatex_case, prostatex_t2,
      ([], "adc_on_t2.png")],  # an unsupported output format
 )
 def test_cli_errors_exit_2_and_write_nothing(prostatex_case, tmp_path, capsys, extra, out_name):
-    from ProstateAILib.cli import main
+    from ProstateAIApp.cli import main
 
     extra = [str(prostatex_case / "adc") if e == "ADC" else e for e in extra]
     code = main(["register", str(prostatex_case / "t2w"), str(prostatex_case / "adc"), str(tmp_path / out_name),

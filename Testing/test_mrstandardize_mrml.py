@@ -52,7 +52,8 @@ def case38_prostate(promise12_data):
 @pytest.fixture(scope="module")
 def prostatex(prostatex_data):
     """ProstateX-0000 T2 and ADC (DICOM, read with imageio) and the gland mask on the exact T2 grid."""
-    from ProstateAILib.imageio import read_image, require_same_grid
+    from ProstateAICore.geometry import require_same_grid
+    from ProstateAICore.imageio import read_image
 
     case = prostatex_data / "ProstateX-0000"
     t2 = read_image(case / "t2w")
@@ -172,7 +173,7 @@ def test_n4_job_out_of_process_loads_new_nodes_on_input_grid(mrml_scene, logic, 
     before = snapshot(node)
 
     job, tempdir = logic.startN4Job(node, mask, {"quality": "preview", "shrink": 4})
-    assert job.argv[1:3] == ["-m", "ProstateAILib.cli"] and job.args[0] == "n4"
+    assert job.argv[1:3] == ["-m", "MRStandardizeLib.cli"] and job.args[0] == "n4"
     assert "--field" in job.args and job.args[job.args.index("--quality") + 1] == "preview"
     assert "--mask" in job.args and job.args[job.args.index("--shrink") + 1] == "4"
     assert wait_for(job, 60) == "done", job.error
@@ -363,7 +364,7 @@ def test_bspline_transform_file_loads_as_transform_node(mrml_scene, logic, tmp_p
 def test_constant_volume_raises_input_error_and_adds_nothing(mrml_scene, logic, mr):
     import slicer
 
-    from ProstateAILib.errors import InputError
+    from ProstateAICore.errors import InputError
 
     node = slicer.util.addVolumeFromArray(np.full((6, 20, 20), 7, dtype=np.int16), name="constant")
     n_before = len(volume_nodes(mrml_scene))

@@ -201,7 +201,7 @@ def test_zones_partition_the_gland(logic_run):
 
 
 def test_prostate_dice_against_reference(logic_run, prostatex_case, prostatex_t2):
-    from ProstateAILib.imageio import require_same_grid
+    from ProstateAICore.geometry import require_same_grid
 
     truth = require_same_grid(prostatex_t2, sitk.ReadImage(str(prostatex_case / "masks" / "prostate.nii.gz")))
     score = dice(logic_run["arrays"]["Prostate"], sitk.GetArrayFromImage(truth) > 0)
@@ -340,7 +340,7 @@ def test_empty_segment_stays_empty_both_ways(mrml_scene, prostateai_module, dire
 def test_label_images_must_be_on_the_reference_grid(mrml_scene, prostateai_module, direct, prostatex_t2):
     """A label image ~1e-6 mm off the oblique T2 (a NIfTI round trip) is accepted voxel for voxel;
     one shifted by 1 mm is refused with a clear error and adds no node."""
-    from ProstateAILib.errors import InputError
+    from ProstateAICore.errors import InputError
     from ProstateAIMRML import add_segmentation_node, add_volume_node, segment_arrays
 
     t2_node = add_volume_node(mrml_scene, prostatex_t2, "t2")
@@ -382,7 +382,7 @@ def test_segment_job_loads_the_same_segmentation(mrml_scene, prostateai_module, 
 
 def test_segment_job_cancel_stops_the_process(mrml_scene, prostateai_module, prostatex_t2):
     import slicer
-    from ProstateAILib.errors import Cancelled
+    from ProstateAICore.errors import Cancelled
     from ProstateAIMRML import add_volume_node
 
     logic = prostateai_module.ProstateAILogic()
@@ -408,7 +408,7 @@ def test_segment_job_cancel_stops_the_process(mrml_scene, prostateai_module, pro
 
 def test_logic_rejects_2d_constant_and_missing_input(mrml_scene, prostateai_module):
     import slicer
-    from ProstateAILib.errors import InputError
+    from ProstateAICore.errors import InputError
 
     logic = prostateai_module.ProstateAILogic()
     flat = slicer.util.addVolumeFromArray(np.random.default_rng(0).random((1, 32, 32)).astype(np.float32), name="flat")

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from ProstateAILib import cli, metrics
-from ProstateAILib.errors import InputError
+from ProstateAICore.errors import InputError
 
 pytestmark = pytest.mark.data
 

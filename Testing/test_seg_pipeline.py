@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from ProstateAILib import cli, metrics, models, pipeline, segfile
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import read_image
+from ProstateAICore.errors import InputError
+from ProstateAICore.imageio import read_image
 
 pytestmark = pytest.mark.data
 
@@ -278,7 +278,7 @@ def test_missing_sequence_for_a_model_that_needs_it(prostatex_t2):
 # ---------------------------------------------------------------- demo
 
 def test_segmentation_demo_on_the_bundled_case(tmp_path, repo_root):
-    from ProstateAILib import segdemo
+    from ProstateAILib import demo as segdemo
 
     summary = segdemo.run(tmp_path)
     assert [Path(p).name for p in summary["pngs"]] == [f"segmentation_{a}.png" for a in ("axial", "coronal", "sagittal")]

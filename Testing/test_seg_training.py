@@ -13,7 +13,7 @@ import torch
 
 from ProstateAILib import cli, dataset, network, preprocess, train
 from MRStandardizeLib.normalize import normalize
-from ProstateAILib.errors import InputError
+from ProstateAICore.errors import InputError
 
 pytestmark = pytest.mark.data
 
@@ -249,11 +249,12 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     assert meta["labels"] == {"0": "background", "1": "prostate"} and meta["validation"]["per_case"]
     assert not model.training
     # The deployed path: T2 in, label map out on the T2 grid.
-    from ProstateAILib import inference, imageio
+    from ProstateAICore import geometry
+    from ProstateAILib import inference
 
     t2 = sitk.ReadImage(str(promise12_data / "case25_t2.nii.gz"))
     seg = inference.segment_image(model, meta, [t2], tta=True)
-    assert imageio.same_grid(seg, t2) and seg.GetPixelID() == sitk.sitkUInt8
+    assert geometry.same_grid(seg, t2) and seg.GetPixelID() == sitk.sitkUInt8
     assert set(np.unique(sitk.GetArrayViewFromImage(seg)).tolist()) <= {0, 1}
     with pytest.raises(InputError, match="Nothing to resume"):
         train.run_training(train.TrainConfig(data=str(data), out=str(tmp_path / "other")), resume=True)

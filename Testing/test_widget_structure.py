@@ -175,7 +175,7 @@ def test_ui_names_used_in_module_exist(module):
 def test_shared_widget_base_builds_from_the_ui_and_comes_first():
     """The mixin loads Resources/UI/<module>.ui, and each widget lists it before Slicer's base class so
     its enter/exit/scene-close methods are the ones Slicer calls."""
-    base = (REPO / "ProstateAI" / "ProstateAIWidgetBase.py").read_text()
+    base = (REPO / "Common" / "ProstateAIWidgetBase.py").read_text()
     assert "loadUI" in base and 'f"UI/{moduleName}.ui"' in base and "childWidgetVariables" in base
     for module in MODULES:
         tree = ast.parse((REPO / module / f"{module}.py").read_text())
@@ -193,7 +193,7 @@ JOB_MODULES = ("MRStandardize", "ProstateAI")
 def test_job_polling_widgets_have_what_the_mixin_uses(module):
     """Widgets with background jobs share JobPollingWidgetMixin: its widgets exist in their .ui, and
     they provide the two hooks it calls."""
-    base = (REPO / "ProstateAI" / "ProstateAIWidgetBase.py").read_text()
+    base = (REPO / "Common" / "ProstateAIWidgetBase.py").read_text()
     mixin = base[base.index("class JobPollingWidgetMixin"):]
     used = set(re.findall(r"self\.ui\.(\w+)", mixin))
     assert {"progressBar", "statusLabel", "timeLabel", "cancelButton"} <= used
@@ -359,7 +359,9 @@ def test_top_level_cmakelists():
     order = [m for m in re.findall(r"(find_package\(Slicer REQUIRED\)|include\(\$\{Slicer_\w+\}\)|add_subdirectory\(\w+\))", text)]
     assert order[:2] == ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})"]
     assert order[-2:] == ["include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
-    assert {re.search(r"\((\w+)\)", m).group(1) for m in order if m.startswith("add_subdirectory")} == set(MODULES)
+    subdirectories = [re.search(r"\((\w+)\)", m).group(1) for m in order if m.startswith("add_subdirectory")]
+    assert set(subdirectories) == set(MODULES) | {"Common"}
+    assert subdirectories[0] == "Common", "the shared hidden module is configured before the modules using it"
 
 
 FAKE_SLICER_CONFIG = r"""
@@ -409,8 +411,11 @@ def test_cmake_configures_with_stub_slicer(tmp_path):
         scripts, resources = set(entries[1:split]), set(entries[split + 1:])
         lib_files = {p.relative_to(REPO / module).as_posix() for p in (REPO / module / f"{module}Lib").rglob("*.py")}
         assert lib_files and lib_files <= scripts, f"{module}: Lib files missing: {lib_files - scripts}"
-        assert {f"{module}.py"} | lib_files == scripts - {"ProstateAIMRML.py", "ProstateAIWidgetBase.py"}
+        assert {f"{module}.py"} | lib_files == scripts
         assert {f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"} <= resources
+    # The hidden shared module installs the core package and the Slicer-side helpers.
+    common = (build / "ProstateAICommon.files").read_text().split(";")
+    core = {p.relative_to(REPO / "Common").as_posix() for p in (REPO / "Common" / "ProstateAICore").rglob("*.py")}
+    assert {"ProstateAICommon.py", "ProstateAIMRML.py", "ProstateAIWidgetBase.py"} | core <= set(common)
     prostate = (build / "ProstateAI.files").read_text()
-    assert "ProstateAIMRML.py" in prostate and "ProstateAIWidgetBase.py" in prostate
     assert "../Resources/SampleData/sample_ct_abdomen_pelvis.nii.gz" in prostate

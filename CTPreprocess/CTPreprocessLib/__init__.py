@@ -6,12 +6,14 @@ each step is also a plain function on SimpleITK images:
 
 - `hu`: `load_ct` (DICOM series / file, NIfTI, NRRD, MHA -> HU + `CTLoadInfo`), `validate_ct`, `fill_padding`
 - `window`: `PRESETS`, `PRESET_LABELS`, `window_from_preset`, `window_from_level_width`,
-  `percentile_window` (exact for integer data, ~3x faster than np.quantile), `histogram`, `apply_window`
+  `percentile_window` (percentiles from `ProstateAICore.intensity`: exact for integer data), `apply_window`
 - `normalize`: `minmax` (uint8 / uint16 / float32), `zscore`
 - `denoise`: `curvature_flow`, `anisotropic_diffusion`, `median`, `gaussian`, `denoise(image, config)`
 - `resample`: `resample_to_spacing`, `resample_to_reference`
 - `croppad`: `crop_or_pad`, `reduce_slices`
 - `pipeline`: `CTPipelineConfig`, `validate_config`, `resolve_window`, `run_pipeline`
-- `render`: `save_slice_png` (radiological orientation), `save_histogram_png`
 - `demo` (`python -m CTPreprocessLib.demo`), `bench` (`python -m CTPreprocessLib.bench`), `cli` (`prostateai ct|info`)
+
+Shared pieces (I/O, errors, percentiles, previews) come from ProstateAICore; nothing here imports
+another module's Lib.
 """

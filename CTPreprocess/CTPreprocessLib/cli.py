@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import geometry, read_image, suffix_of, write_image, write_text
+from ProstateAICore import commands
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import geometry
+from ProstateAICore.imageio import read_image, suffix_of, write_image, write_text
+from ProstateAICore.intensity import quantiles
 
 from .hu import label_map_reason, load_ct
 from .pipeline import CTPipelineConfig, run_pipeline
-from .window import PRESETS, quantiles
+from .window import PRESETS
 
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -181,3 +184,12 @@ def run_info(args) -> int:
     lines += [f"  warning:     {w}" for w in hu["warnings"]]
     print("\n".join(lines))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Only this module's sub-commands (what the CTPreprocess Slicer module runs as a job)."""
+    return commands.main([register], argv, "python -m CTPreprocessLib.cli", "ProstateAI CT preprocessing.")
+
+
+if __name__ == "__main__":
+    commands.exit_fast(main())

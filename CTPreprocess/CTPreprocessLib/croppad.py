@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import require_same_grid
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import require_same_grid
 
 CENTERS = ("center", "mask")
 

@@ -19,9 +19,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ProstateAILib.imageio import geometry, write_image, write_text
+from ProstateAICore.geometry import geometry
+from ProstateAICore.imageio import write_image, write_text
 
-from . import render
+from ProstateAICore import render
 from .hu import load_ct
 from .pipeline import CTPipelineConfig, run_pipeline
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.progress import ProgressFn, observe_filter
+from ProstateAICore.errors import InputError
+from ProstateAICore.filters import run_float32
+from ProstateAICore.filters import stable_time_step as _stable_time_step
+from ProstateAICore.progress import ProgressFn, observe_filter
 
 METHODS = ("none", "curvature_flow", "anisotropic", "median", "gaussian")
 ANISOTROPIC_KINDS = ("gradient", "curvature")
@@ -28,19 +30,15 @@ def _check_positive(value: float, what: str) -> float:
 
 
 def stable_time_step(image: sitk.Image, time_step: float) -> float:
-    """ITK's stable anisotropic-diffusion time step is min spacing / 2^(dim+1); clamp to it.
-
-    Why: on a 0.57 mm CT the usual 0.0625 is unstable and ITK only prints a warning.
-    """
-    limit = min(image.GetSpacing()) / 2.0 ** (image.GetDimension() + 1)
-    return min(_check_positive(time_step, "time step"), limit)
+    """The requested time step, clamped to ITK's stable limit (ProstateAICore.filters.stable_time_step)."""
+    return _stable_time_step(image, _check_positive(time_step, "time step"))
 
 
 def _run(sitk_filter, image: sitk.Image, progress: ProgressFn | None, message: str, real: bool = True) -> sitk.Image:
+    if real:
+        return run_float32(sitk_filter, image, progress, message)
     observe_filter(sitk_filter, progress, message)
-    out = sitk_filter.Execute(sitk.Cast(image, sitk.sitkFloat32) if real else image)
-    # Some ITK filters (curvature flow) answer in float64; keep one real type across the chain.
-    return sitk.Cast(out, sitk.sitkFloat32) if real else out
+    return sitk_filter.Execute(image)
 
 
 def curvature_flow(image: sitk.Image, iterations: int = 5, time_step: float = 0.0625,

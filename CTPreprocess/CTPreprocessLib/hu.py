@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import read_image_with_source, validate_volume
-
-from .window import integer_counts
+from ProstateAICore.errors import InputError
+from ProstateAICore.imageio import read_image_with_source, validate_volume
+from ProstateAICore.intensity import integer_counts
 
 # An integer image with no negative value and at most this many distinct values is a label map.
 # (TotalSegmentator "total" has 117 labels; a real CT in HU has air at about -1000 and thousands of values.)

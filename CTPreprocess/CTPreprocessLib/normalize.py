@@ -13,31 +13,11 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import require_same_grid
+from ProstateAICore import imageio
+from ProstateAICore.errors import InputError
+from ProstateAICore.intensity import check_minmax_dtype, mean_std, minmax_array, validate_window
 
-from .window import validate_window
-
-DTYPES = ("float32", "uint8", "uint16")
-_SCALE = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
 _SLAB_VOXELS = 1 << 22  # float64 temporaries of ~32 MiB at most
-
-
-def _check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise InputError(f"Unknown output type '{dtype}'; choose one of: {', '.join(DTYPES)}.")
-    return dtype
-
-
-def minmax_array(values, lo: float, hi: float, dtype: str = "uint8") -> np.ndarray:
-    """The min-max mapping on a numpy array or scalar (also used to map a pad value into output units)."""
-    _check_dtype(dtype)
-    scale = _SCALE[dtype]
-    t = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo) * scale
-    t = np.clip(t, 0.0, scale, out=t if isinstance(t, np.ndarray) else None)  # in place for arrays; scalars too
-    if dtype == "float32":
-        return t.astype(np.float32)
-    return np.rint(t).astype(dtype)
 
 
 def image_range(image: sitk.Image) -> tuple[float, float]:
@@ -47,7 +27,7 @@ def image_range(image: sitk.Image) -> tuple[float, float]:
 
 def minmax(image: sitk.Image, lo: float | None = None, hi: float | None = None, dtype: str = "uint8") -> sitk.Image:
     """Linear min-max normalisation; lo/hi default to the image's own minimum/maximum."""
-    _check_dtype(dtype)
+    check_minmax_dtype(dtype)
     if lo is None or hi is None:
         image_lo, image_hi = image_range(image)
         lo = image_lo if lo is None else lo
@@ -66,22 +46,8 @@ def minmax(image: sitk.Image, lo: float | None = None, hi: float | None = None, 
 def zscore_stats(image: sitk.Image, mask: sitk.Image | None = None) -> tuple[float, float]:
     """Mean and (population) standard deviation over the mask's non-zero voxels, or all voxels."""
     array = sitk.GetArrayViewFromImage(image)
-    if mask is not None:
-        aligned = require_same_grid(image, mask)  # keep alive: a numpy view does not own the image
-        inside = sitk.GetArrayViewFromImage(aligned) != 0
-        if not inside.any():
-            raise InputError("The z-score mask is empty (no non-zero voxel); draw or choose a mask that covers tissue.")
-        values = array[inside]
-    else:
-        values = array.reshape(-1)
-    # Two passes in float64 slabs: exact enough and no full-size float64 copy.
-    step = _SLAB_VOXELS
-    total = sum(float(np.sum(values[i:i + step], dtype=np.float64)) for i in range(0, values.size, step))
-    mean = total / values.size
-    squares = sum(
-        float(np.sum(np.square(values[i:i + step].astype(np.float64) - mean))) for i in range(0, values.size, step)
-    )
-    std = (squares / values.size) ** 0.5
+    inside = imageio.validate_mask(image, mask, "z-score mask")
+    mean, std = mean_std(array[inside] if inside is not None else array)
     if not np.isfinite(std) or std == 0.0:
         raise InputError("The image is constant inside the z-score region (standard deviation 0); z-score is undefined.")
     return mean, std

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import geometry, require_same_grid
-from ProstateAILib.progress import ProgressFn, scaled
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import geometry, require_same_grid
+from ProstateAICore.intensity import MINMAX_DTYPES
+from ProstateAICore.progress import ProgressFn, scaled
 
 from . import croppad, denoise as denoise_mod, normalize as normalize_mod, resample as resample_mod, window as window_mod
 from .hu import fill_padding, validate_ct
@@ -25,7 +26,7 @@ from .hu import fill_padding, validate_ct
 DENOISE_METHODS = ("none", "curvature_flow", "anisotropic", "median", "gaussian")
 WINDOW_MODES = ("none", "preset", "custom", "clip", "percentile")
 NORMALIZE_METHODS = ("none", "minmax", "zscore")
-DTYPES = ("float32", "uint8", "uint16")
+DTYPES = MINMAX_DTYPES  # output types of the min-max step (float32 for the others)
 INTERPOLATORS = ("bspline", "linear", "nearest")
 CROP_CENTERS = ("center", "mask")
 

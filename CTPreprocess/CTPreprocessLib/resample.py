@@ -13,8 +13,8 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.progress import ProgressFn, observe_filter
+from ProstateAICore.errors import InputError
+from ProstateAICore.progress import ProgressFn, observe_filter
 
 IMAGE_INTERPOLATORS = {
     "bspline": sitk.sitkBSpline3,

@@ -7,6 +7,7 @@ N4 (ProstateX-0000 T2 384x384x19 DICOM and PROMISE12 case38 with an endorectal-c
   computed once and cached (with its time) in --cache; pass --refresh to recompute it.
 Nyul: fit on 10 PROMISE12 volumes + apply to each, ours vs intensity-normalization's NyulNormalizer,
   with the agreement of landmarks and voxels.
+Registration: `registration_bench` (times and gradient correlations before/after on ProstateX-0000).
 
 Times are wall-clock seconds and process CPU seconds (CPU is the fairer number on a shared machine).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from ProstateAILib import imageio
+from ProstateAICore import imageio
 
 from . import nyul
 from .n4 import PRESETS, n4_correct
@@ -125,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=str(REPO / "bench-output" / "mr"), help="where the shrink-1 N4 references are kept")
     parser.add_argument("--refresh", action="store_true", help="recompute the cached shrink-1 N4 references")
-    parser.add_argument("--only", choices=("n4", "nyul"), help="run one part")
+    parser.add_argument("--only", choices=("n4", "nyul", "registration"), help="run one part")
     args = parser.parse_args(argv)
     with Timer() as total:
         if args.only in (None, "nyul"):
             bench_nyul()
         if args.only in (None, "n4"):
             bench_n4(Path(args.cache), args.refresh)
+        if args.only in (None, "registration"):
+            from . import registration_bench
+
+            registration_bench.main([])
     print(f"bench total {total.wall:.1f} s")
     return 0
 

@@ -8,14 +8,15 @@ output file behind.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import SimpleITK as sitk
-from ProstateAILib import imageio
-from ProstateAILib.errors import InputError
+from ProstateAICore import commands, imageio
+from ProstateAICore.errors import InputError
 
 WRITABLE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -274,12 +275,69 @@ def _register_registration(subparsers) -> None:
                    help="resample another image of MOVING's acquisition (e.g. the high-b DWI) with the same "
                         "transform; repeatable")
 
-    def run(args) -> int:
-        from .registration import run_command
+    p.set_defaults(func=run_register)
 
-        return run_command(args)
 
-    p.set_defaults(func=run)
+def _require_suffix(path: str | None, suffixes: Sequence[str], option: str) -> None:
+    if path is not None and not str(path).lower().endswith(tuple(suffixes)):
+        raise InputError(f"{option} '{path}': unsupported file type; use {', '.join(suffixes)}.")
+
+
+def run_register(args) -> int:
+    """`prostateai register FIXED MOVING OUT ...`: all outputs are written only if everything worked."""
+    from .registration import TRANSFORM_SUFFIXES, register, resample_onto
+    from .registration_check import save_check_png
+
+    image_suffixes = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+    _require_suffix(args.output, image_suffixes, "OUT")
+    _require_suffix(args.save_transform, TRANSFORM_SUFFIXES, "--save-transform")
+    _require_suffix(args.check_png, (".png",), "--check-png")
+    _require_suffix(args.report, (".json",), "--report")
+    also = [tuple(pair) for pair in (getattr(args, "also", None) or [])]
+    for _, out in also:
+        _require_suffix(out, image_suffixes, "--also OUT")
+    fixed, moving = imageio.read_image(args.fixed), imageio.read_image(args.moving)
+    also_images = [imageio.read_image(path) for path, _ in also]
+    for (path, _), image in zip(also, also_images):
+        imageio.validate_volume(image, f"--also image '{path}'")
+    fixed_mask = imageio.read_image(args.fixed_mask) if args.fixed_mask else None
+    selection_mask = imageio.read_image(args.selection_mask) if args.selection_mask else None
+    result = register(
+        fixed, moving, transform=args.transform, metric_on=args.metric_on, fixed_mask=fixed_mask,
+        restarts=args.restarts, seed=args.seed, mesh_size=tuple(args.mesh_size), selection_mask=selection_mask,
+        sampling_percentage=args.sampling_percentage, iterations=args.iterations, init=args.init,
+        progress=getattr(args, "progress_fn", None),
+    )
+    summary = result.to_dict()
+    summary.update(fixed=str(args.fixed), moving=str(args.moving), output=str(args.output),
+                   transform_file=args.save_transform, check_png=args.check_png,
+                   also=[{"input": str(path), "output": str(out)} for path, out in also])
+    # Every output goes to a temporary file first; they are all moved into place together at the
+    # end, and all removed if any of them fails.
+    with contextlib.ExitStack() as stack:
+        tmp_image = stack.enter_context(imageio.atomic_path(args.output))
+        sitk.WriteImage(result.resampled, str(tmp_image), useCompression=True)
+        if args.save_transform:
+            sitk.WriteTransform(result.transform, str(stack.enter_context(imageio.atomic_path(args.save_transform))))
+        if args.check_png:
+            png = stack.enter_context(imageio.atomic_path(args.check_png))
+            shown_mask = selection_mask if selection_mask is not None else fixed_mask
+            save_check_png(fixed, moving, result.resampled, png, mask=shown_mask,
+                           title=f"{Path(args.moving).name} → {Path(args.fixed).name}: {args.transform}")
+        for (_, out), image in zip(also, also_images):
+            # Same acquisition and grid as MOVING (e.g. the high-b DWI next to the ADC): same transform.
+            sitk.WriteImage(resample_onto(fixed, image, result.transform), str(stack.enter_context(imageio.atomic_path(out))),
+                            useCompression=True)
+        if args.report:
+            stack.enter_context(imageio.atomic_path(args.report)).write_text(json.dumps(summary, indent=2))
+    print(
+        f"register ({args.transform}, {args.metric_on}, {args.restarts} restart(s), seed {args.seed}): "
+        f"{result.seconds:.1f} s; gradient correlation {result.gradient_correlation_before:.3f} -> "
+        f"{result.gradient_correlation_after:.3f}; metric {result.metric_before:.4f} -> {result.metric_after:.4f} "
+        f"-> {args.output}",
+        flush=True,
+    )
+    return 0
 
 
 # Sub-commands, in help order: one small `add_*(subparsers)` function each.
@@ -290,3 +348,12 @@ def register(subparsers) -> None:
     """Add the MR sub-commands to the `prostateai` parser."""
     for add in COMMANDS:
         add(subparsers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Only this module's sub-commands (what the MRStandardize Slicer module runs as a job)."""
+    return commands.main([register], argv, "python -m MRStandardizeLib.cli", "ProstateAI MR standardisation and registration.")
+
+
+if __name__ == "__main__":
+    commands.exit_fast(main())

@@ -14,7 +14,7 @@ Steps (all on Resources/SampleData/ProstateX-0218, read from its DICOM folders):
    transform and the checkerboard / green-magenta check PNG.
 4. `mr_demo_summary.json`: timings, bias-field range, Nyul landmarks, gradient correlation before/after.
 
-Slice PNGs are in radiological orientation (CTPreprocessLib.render.display_slice: patient right on the image's
+Slice PNGs are in radiological orientation (ProstateAICore.render.display_slice: patient right on the image's
 left, anterior up).
 """
 
@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from CTPreprocessLib import render
+from ProstateAICore import render
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from ProstateAILib.imageio import geometry, read_image, write_image, write_text
+from ProstateAICore.geometry import geometry
+from ProstateAICore.imageio import read_image, write_image, write_text
 
-from . import n4, nyul, registration
+from . import n4, nyul, registration, registration_check
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "Resources" / "SampleData" / "ProstateX-0218"
@@ -108,7 +109,7 @@ def run(out_dir: str | Path, sample: str | Path | None = None, promise12: str | 
     adc_path = write_image(reg.resampled, out_dir / "mr_adc_on_t2.nii.gz")
     transform_path = registration.save_transform(reg.transform, out_dir / "mr_adc_to_t2.tfm")
     clock = time.perf_counter()
-    check_png = registration.save_check_png(
+    check_png = registration_check.save_check_png(
         result.corrected, adc, reg.resampled, out_dir / "mr_registration_check.png", mask=roi,
         title=f"ADC -> T2 rigid: gradient correlation {reg.gradient_correlation_before:.3f} -> "
               f"{reg.gradient_correlation_after:.3f} (yellow: metric region)")

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass, field
 
 import SimpleITK as sitk
-from ProstateAILib.errors import InputError
-from ProstateAILib.progress import ProgressFn, observe_filter
+from ProstateAICore import imageio
+from ProstateAICore.errors import InputError
+from ProstateAICore.filters import run_float32, stable_time_step
+from ProstateAICore.progress import ProgressFn
 
-from ._common import checked_array
 
 NOISE_MODELS = {
     "none": sitk.PatchBasedDenoisingImageFilter.NOMODEL,
@@ -50,7 +51,7 @@ def patch_denoise(
     progress: ProgressFn | None = None,
 ) -> DenoiseResult:
     """Patch-based denoising; kernel_bandwidth_sigma None = estimated from the image by ITK."""
-    checked_array(image)
+    imageio.validate_volume(image)
     if noise_model not in NOISE_MODELS:
         raise InputError(f"Unknown noise model '{noise_model}'; use one of {', '.join(NOISE_MODELS)}.")
     if patch_radius < 1 or iterations < 1 or sample_patches < 1:
@@ -66,11 +67,10 @@ def patch_denoise(
         denoiser.SetKernelBandwidthSigma(float(kernel_bandwidth_sigma))
     if noise_sigma is not None:
         denoiser.SetNoiseSigma(float(noise_sigma))
-    observe_filter(denoiser, progress, "Patch-based denoising")
     parameters = dict(noise_model=noise_model, kernel_bandwidth_sigma=kernel_bandwidth_sigma, patch_radius=patch_radius,
                       iterations=iterations, sample_patches=sample_patches, fidelity_weight=fidelity_weight,
                       noise_sigma=noise_sigma)
-    return _timed(denoiser, image, "patch", parameters)
+    return _timed(denoiser, image, progress, "Patch-based denoising", "patch", parameters)
 
 
 def smooth(
@@ -82,7 +82,7 @@ def smooth(
     progress: ProgressFn | None = None,
 ) -> DenoiseResult:
     """Cheap smoothing: edge-preserving anisotropic diffusion, or a Gaussian (sigma_mm: min spacing)."""
-    checked_array(image)
+    imageio.validate_volume(image)
     if method not in SMOOTHERS:
         raise InputError(f"Unknown smoothing method '{method}'; use one of {', '.join(SMOOTHERS)}.")
     if method == "anisotropic":
@@ -98,16 +98,11 @@ def smooth(
         smoother = sitk.SmoothingRecursiveGaussianImageFilter()
         smoother.SetSigma(sigma)
         parameters = dict(sigma_mm=sigma)
-    observe_filter(smoother, progress, f"Smoothing ({method})")
-    return _timed(smoother, image, method, parameters)
+    return _timed(smoother, image, progress, f"Smoothing ({method})", method, parameters)
 
 
-def stable_time_step(image: sitk.Image) -> float:
-    """Largest stable explicit diffusion step in physical units: min spacing / 2^(dimension + 1)."""
-    return min(image.GetSpacing()) / 2.0 ** (image.GetDimension() + 1)
-
-
-def _timed(sitk_filter, image: sitk.Image, method: str, parameters: dict) -> DenoiseResult:
+def _timed(sitk_filter, image: sitk.Image, progress: ProgressFn | None, message: str, method: str,
+           parameters: dict) -> DenoiseResult:
     start = time.perf_counter()
-    out = sitk_filter.Execute(sitk.Cast(image, sitk.sitkFloat32))
-    return DenoiseResult(sitk.Cast(out, sitk.sitkFloat32), time.perf_counter() - start, method, parameters)
+    out = run_float32(sitk_filter, image, progress, message)
+    return DenoiseResult(out, time.perf_counter() - start, method, parameters)

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
-from ProstateAILib.errors import InputError
-from ProstateAILib.progress import ProgressFn, scaled
+from ProstateAICore import imageio
+from ProstateAICore.errors import InputError
+from ProstateAICore.progress import ProgressFn, scaled
 
-from ._common import checked_array, mask_array
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def n4_correct(
     Otsu foreground (the bright body); a given mask must be on the image grid (any non-zero label).
     """
     settings = settings_for(quality, **overrides)
-    checked_array(image)
+    imageio.validate_volume(image)
     start = time.perf_counter()
     source = sitk.Cast(image, sitk.sitkFloat32)
     fit_mask = foreground_mask(source, mask)
@@ -183,7 +183,7 @@ def foreground_mask(image: sitk.Image, mask: sitk.Image | None = None) -> sitk.I
         # OtsuThreshold(inside=0, outside=1): voxels above the threshold (the bright body) -> 1.
         fit_mask = sitk.OtsuThreshold(image, 0, 1, 200)
     else:
-        inside = mask_array(image, mask)  # same-grid and non-empty checks
+        inside = imageio.validate_mask(image, mask)  # same-grid and non-empty checks
         fit_mask = sitk.GetImageFromArray(inside.astype(np.uint8))
         fit_mask.CopyInformation(image)
     fit_mask = sitk.Cast(fit_mask, sitk.sitkUInt8) * sitk.Cast(image > 0, sitk.sitkUInt8)

@@ -28,10 +28,11 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from ProstateAILib import imageio
-from ProstateAILib.errors import InputError
+from ProstateAICore import imageio
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import image_like
+from ProstateAICore.intensity import mean_std, percentiles
 
-from ._common import checked_array, float32_like, mask_array, percentiles_of
 
 FORMAT = "prostateai-normalization-stats"
 FORMAT_VERSION = 1
@@ -81,8 +82,8 @@ def fit_stats(
         raise InputError(f"Got {len(images)} images but {len(masks)} masks; give one mask per image.")
     pooled = np.concatenate([_selected_values(img, masks[i] if masks is not None else None, shift_positive)
                              for i, img in enumerate(images)])
-    p_low, p_high = percentiles_of(pooled, [low_percentile, high_percentile])
-    mean, std = float(pooled.mean(dtype=np.float64)), float(pooled.std(dtype=np.float64))
+    p_low, p_high = percentiles(pooled, [low_percentile, high_percentile])
+    mean, std = mean_std(pooled)
     stats = NormStats(method, float(low_percentile), float(high_percentile), float(p_low), float(p_high),
                       mean, std, len(images), int(pooled.size), bool(shift_positive), bool(cut_tails))
     _require_usable(stats)
@@ -91,11 +92,11 @@ def fit_stats(
 
 def apply_stats(image: sitk.Image, stats: NormStats) -> sitk.Image:
     """Normalise `image` with given statistics; float32 on the image grid."""
-    array = _shifted(checked_array(image), stats.shift_positive).astype(np.float32)
+    array = _shifted(imageio.validate_volume(image), stats.shift_positive).astype(np.float32)
     if stats.cut_tails:
         np.clip(array, stats.p_low, stats.p_high, out=array)
     offset, divisor = stats.scale
-    return float32_like((array - np.float32(offset)) / np.float32(divisor), image)
+    return image_like((array - np.float32(offset)) / np.float32(divisor), image)
 
 
 def normalize(
@@ -120,8 +121,8 @@ def _check_method(method: str, low: float, high: float) -> None:
 
 
 def _selected_values(image: sitk.Image, mask: sitk.Image | None, shift_positive: bool) -> np.ndarray:
-    array = _shifted(checked_array(image), shift_positive)
-    inside = mask_array(image, mask)
+    array = _shifted(imageio.validate_volume(image), shift_positive)
+    inside = imageio.validate_mask(image, mask)
     return array[inside] if inside is not None else array.ravel()
 
 
@@ -153,12 +154,7 @@ def save_stats(stats: NormStats, path: str | os.PathLike) -> Path:
 
 def load_stats(path: str | os.PathLike) -> NormStats:
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"Statistics file '{path}' does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"Statistics file '{path}' is not valid JSON ({exc}).") from None
+    payload = imageio.read_json(path, "Statistics file")
     if not isinstance(payload, dict) or payload.pop("format", None) != FORMAT:
         raise InputError(f"'{path}' is not a ProstateAI normalisation statistics file (\"format\": \"{FORMAT}\").")
     if payload.get("format_version") != FORMAT_VERSION:

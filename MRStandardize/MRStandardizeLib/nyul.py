@@ -33,19 +33,11 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from ProstateAILib import imageio
-from ProstateAILib.errors import InputError
-from ProstateAILib.progress import ProgressFn
-
-from ._common import (
-    checked_array,
-    float32_like,
-    integer_histogram,
-    is_integer_array,
-    mask_array,
-    percentiles_from_counts,
-    percentiles_of,
-)
+from ProstateAICore import imageio
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import image_like
+from ProstateAICore.intensity import integer_counts, is_integer_array, percentiles, quantiles_from_counts
+from ProstateAICore.progress import ProgressFn
 
 FORMAT = "prostateai-nyul-model"
 FORMAT_VERSION = 1
@@ -111,7 +103,7 @@ def foreground_values(image: sitk.Image, mask: sitk.Image | None = None, config:
     """The voxels that define the landmarks (mask, else the config's foreground rule)."""
     config = config or NyulConfig()
     array = _prepared_array(image, config)
-    inside = mask_array(image, mask)
+    inside = imageio.validate_mask(image, mask)
     if inside is not None:
         return array[inside]
     return _rule_values(array, config.foreground)
@@ -121,11 +113,11 @@ def landmarks(image: sitk.Image, mask: sitk.Image | None = None, config: NyulCon
     """The image's intensities at the config's percentiles (11 with the defaults)."""
     config = config or NyulConfig()
     array = _prepared_array(image, config)
-    return _landmarks_of(array, mask_array(image, mask), config)
+    return _landmarks_of(array, imageio.validate_mask(image, mask), config)
 
 
 def _prepared_array(image: sitk.Image, config: NyulConfig) -> np.ndarray:
-    array = checked_array(image)
+    array = imageio.validate_volume(image)
     if config.shift_positive and array.min() < 0:
         # Shift so the darkest voxel is 0 (then "> 0" drops only the darkest voxels); integers stay
         # integers so the fast histogram path still applies.
@@ -148,16 +140,19 @@ def _rule_values(array: np.ndarray, rule: str) -> np.ndarray:
 
 def _landmarks_of(array: np.ndarray, inside: np.ndarray | None, config: NyulConfig) -> np.ndarray:
     percs = config.percentiles
-    if inside is None and config.foreground == "positive" and is_integer_array(array) and array.min() >= 0:
-        # Fast path (most MR files are unsigned/int16): one bincount of the whole volume, then drop
+    fast = inside is None and config.foreground == "positive" and is_integer_array(array) and array.min() >= 0
+    counted = integer_counts(array) if fast else None
+    if counted is not None:
+        # Fast path (most MR files are unsigned/int16): one count of the whole volume, then drop
         # the count of zeros -- no boolean copy of the foreground needed.
-        counts, offset = integer_histogram(array)
-        counts[0] = 0
+        counts, offset = counted
+        if offset == 0:
+            counts[0] = 0
         if counts.sum() == 0:
             raise InputError("The image has no voxel > 0; give a foreground mask.")
-        return percentiles_from_counts(counts, offset, percs)
+        return quantiles_from_counts(counts, offset, np.asarray(percs, dtype=np.float64) / 100.0)
     values = array[inside] if inside is not None else _rule_values(array, config.foreground)
-    return percentiles_of(values, percs)
+    return percentiles(values, percs)
 
 
 # --- fit / apply -------------------------------------------------------------------------------
@@ -202,13 +197,13 @@ def apply(image: sitk.Image, model: NyulModel, mask: sitk.Image | None = None) -
     """Standardise `image` with a fitted model; float32 on the input grid (background mapped too)."""
     config = model.config
     array = _prepared_array(image, config)
-    marks = _landmarks_of(array, mask_array(image, mask), config)
+    marks = _landmarks_of(array, imageio.validate_mask(image, mask), config)
     standard = np.asarray(model.standard_landmarks, dtype=np.float64)
     _require_increasing(marks)
     out = _map_voxels(array, marks, standard)
     if config.cut_tails:
         np.clip(out, standard[0], standard[-1], out=out)
-    return float32_like(out, image)
+    return image_like(out, image)
 
 
 def _require_increasing(marks: np.ndarray) -> None:
@@ -250,13 +245,7 @@ def save_model(model: NyulModel, path: str | os.PathLike) -> Path:
 def load_model(path: str | os.PathLike) -> NyulModel:
     """Read a model written by save_model; any problem is an InputError naming the file."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"Nyul model file '{path}' does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"Nyul model file '{path}' is not valid JSON ({exc}).") from None
-    return model_from_dict(payload, source=str(path))
+    return model_from_dict(imageio.read_json(path, "Nyul model file"), source=str(path))
 
 
 def model_from_dict(payload, source: str = "model") -> NyulModel:
@@ -299,7 +288,7 @@ def histograms(
     for i, image in enumerate(images):
         values = foreground_values(image, masks[i] if masks is not None else None, config)
         lo = min(0.0, float(values.min()))
-        hi = float(percentiles_of(values, [upper_percentile])[0])
+        hi = float(percentiles(values, [upper_percentile])[0])
         density, edges = np.histogram(values, bins=bins, range=(lo, hi if hi > lo else lo + 1), density=True)
         out.append(((edges[:-1] + edges[1:]) / 2, density))
     return out

@@ -47,9 +47,10 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import atomic_path, require_same_grid, same_grid, validate_volume
-from ProstateAILib.progress import ProgressFn
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import require_same_grid, same_grid
+from ProstateAICore.imageio import atomic_path, validate_volume
+from ProstateAICore.progress import ProgressFn
 
 TRANSFORMS = ("rigid", "affine", "bspline")
 METRIC_ON = ("intensity", "gradient")
@@ -687,7 +688,7 @@ def _report(progress: ProgressFn | None, fraction: float, message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Saving and visual checks
+# Saving
 
 
 def save_transform(transform: sitk.Transform, path) -> Path:
@@ -698,190 +699,3 @@ def save_transform(transform: sitk.Transform, path) -> Path:
     with atomic_path(path) as tmp:
         sitk.WriteTransform(transform, str(tmp))
     return path
-
-
-def normalize_percentile(image: sitk.Image, low: float = 1.0, high: float = 99.0) -> sitk.Image:
-    """(I − p_low) / (p_high − p_low) clipped to [0, 1], percentiles of the non-zero voxels (float32)."""
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    values = array[array != 0]
-    if values.size == 0:
-        values = array.ravel()
-    lo, hi = np.percentile(values, [low, high])
-    scaled = np.clip((array - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(array)
-    out = sitk.GetImageFromArray(scaled.astype(np.float32))
-    out.CopyInformation(image)
-    return out
-
-
-def _comparable_pair(fixed: sitk.Image, other: sitk.Image) -> tuple[sitk.Image, sitk.Image]:
-    """Both on the fixed grid (identity resampling when needed) and percentile-normalised."""
-    if not same_grid(fixed, other):
-        other = resample_onto(fixed, other)
-    else:
-        other = sitk.Image(other)
-        other.CopyInformation(fixed)
-    return normalize_percentile(fixed), normalize_percentile(other)
-
-
-def checkerboard(fixed: sitk.Image, resampled: sitk.Image, pattern=(8, 8, 1)) -> sitk.Image:
-    """Checkerboard of the two percentile-normalised images (fixed grid, float32 in [0, 1])."""
-    a, b = _comparable_pair(fixed, resampled)
-    return sitk.CheckerBoard(a, b, [int(p) for p in pattern])
-
-
-def blend(fixed: sitk.Image, resampled: sitk.Image, alpha: float = 0.5) -> sitk.Image:
-    """(1 − alpha)·fixed + alpha·moving, both percentile-normalised (fixed grid, float32)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha must be in [0, 1] (got {alpha}).")
-    a, b = _comparable_pair(fixed, resampled)
-    return sitk.Cast((1.0 - alpha) * a + alpha * b, sitk.sitkFloat32)
-
-
-def _display_slice(image: sitk.Image, z: int) -> np.ndarray:
-    """Axial slice z of an LPS-oriented image as (rows=y, cols=x): anterior up, patient left on the right."""
-    return sitk.GetArrayFromImage(image)[z]
-
-
-def _check_slice(fixed: sitk.Image, mask: sitk.Image | None) -> int:
-    if mask is None:
-        return fixed.GetSize()[2] // 2
-    z = np.nonzero(sitk.GetArrayViewFromImage(mask).reshape(fixed.GetSize()[2], -1).any(axis=1))[0]
-    return int(z[len(z) // 2]) if z.size else fixed.GetSize()[2] // 2
-
-
-def _crop_window(mask_slice: np.ndarray | None, shape, spacing, margin_mm=30.0):
-    """Row/column window around the gland (margin in mm), or the whole slice without a mask."""
-    if mask_slice is None or not mask_slice.any():
-        return slice(0, shape[0]), slice(0, shape[1])
-    rows, cols = np.nonzero(mask_slice)
-    pr, pc = int(margin_mm / spacing[1]), int(margin_mm / spacing[0])
-    return (
-        slice(max(0, rows.min() - pr), min(shape[0], rows.max() + pr + 1)),
-        slice(max(0, cols.min() - pc), min(shape[1], cols.max() + pc + 1)),
-    )
-
-
-def _checker_2d(a: np.ndarray, b: np.ndarray, pattern) -> np.ndarray:
-    """2D checkerboard of two same-shape slices with pattern[0] × pattern[1] squares (x × y)."""
-    rows = np.arange(a.shape[0]) * int(pattern[1]) // a.shape[0]
-    cols = np.arange(a.shape[1]) * int(pattern[0]) // a.shape[1]
-    use_b = (rows[:, None] + cols[None, :]) % 2 == 1
-    return np.where(use_b, b, a)
-
-
-def _green_magenta(fixed_slice: np.ndarray, moving_slice: np.ndarray) -> np.ndarray:
-    """Fixed in green, moving in magenta: aligned structures look grey, misaligned ones coloured."""
-    return np.clip(np.stack([moving_slice, fixed_slice, moving_slice], axis=-1), 0.0, 1.0)
-
-
-def save_check_png(fixed, moving_before, moving_after, path, mask=None, pattern=(8, 8, 1), title=None) -> Path:
-    """PNG: before/after checkerboards and green/magenta overlays on the middle gland slice.
-
-    `moving_before`: the moving image as acquired (any grid; resampled with identity) or already on
-    the fixed grid; `moving_after`: the registration's `resampled`. `mask` (fixed grid) picks the
-    slice, zooms onto the gland (±30 mm) and is drawn in yellow; the checkerboard has
-    pattern[0] × pattern[1] squares over the shown window. Images are reoriented to LPS so the slice
-    shows in radiological convention (anterior up, patient left on the right).
-    """
-    # Figure + Agg canvas, not pyplot: no global backend state (safe inside Slicer's Qt process).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fixed_n, before_n = _comparable_pair(fixed, moving_before)
-    _, after_n = _comparable_pair(fixed, moving_after)
-    fixed_n, before_n, after_n = (sitk.DICOMOrient(im, "LPS") for im in (fixed_n, before_n, after_n))
-    mask_lps = None
-    if mask is not None:
-        mask_lps = sitk.DICOMOrient(require_same_grid(fixed, mask, ("fixed image", "mask")), "LPS")
-    z = _check_slice(fixed_n, mask_lps)
-    mask_slice = _display_slice(mask_lps, z) > 0 if mask_lps is not None else None
-    window = _crop_window(mask_slice, fixed_n.GetSize()[1::-1], fixed_n.GetSpacing())
-    f, b, a = (_display_slice(im, z)[window] for im in (fixed_n, before_n, after_n))
-    panels = [
-        ("checkerboard before (T2 | moving)", _checker_2d(f, b, pattern)),
-        ("checkerboard after", _checker_2d(f, a, pattern)),
-        ("before: fixed green, moving magenta", _green_magenta(f, b)),
-        ("after: fixed green, moving magenta", _green_magenta(f, a)),
-    ]
-    spacing = fixed_n.GetSpacing()
-    aspect = spacing[1] / spacing[0]
-    figure = Figure(figsize=(10, 10 * aspect * f.shape[0] / f.shape[1] + 0.8))
-    FigureCanvasAgg(figure)
-    for ax, (name, picture) in zip(figure.subplots(2, 2).ravel(), panels):
-        ax.imshow(picture, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
-        if mask_slice is not None:
-            ax.contour(mask_slice[window], levels=[0.5], colors="yellow", linewidths=0.8)
-        ax.set_title(name, fontsize=10)
-        ax.set_axis_off()
-    figure.suptitle(title or f"slice z={z} (anterior up, patient left on the right)", fontsize=11)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(str(tmp), format="png", dpi=100)
-    return Path(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line (`prostateai register`; the parser is added in cli.py by _register_registration)
-
-
-def _require_suffix(path: str | None, suffixes: Sequence[str], option: str) -> None:
-    if path is not None and not str(path).lower().endswith(tuple(suffixes)):
-        raise InputError(f"{option} '{path}': unsupported file type; use {', '.join(suffixes)}.")
-
-
-def run_command(args) -> int:
-    """`prostateai register FIXED MOVING OUT ...`: all outputs are written only if everything worked."""
-    import json
-
-    from ProstateAILib.imageio import read_image
-
-    image_suffixes = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-    _require_suffix(args.output, image_suffixes, "OUT")
-    _require_suffix(args.save_transform, TRANSFORM_SUFFIXES, "--save-transform")
-    _require_suffix(args.check_png, (".png",), "--check-png")
-    _require_suffix(args.report, (".json",), "--report")
-    also = [tuple(pair) for pair in (getattr(args, "also", None) or [])]
-    for _, out in also:
-        _require_suffix(out, image_suffixes, "--also OUT")
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
-    also_images = [read_image(path) for path, _ in also]
-    for (path, _), image in zip(also, also_images):
-        validate_volume(image, f"--also image '{path}'")
-    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask else None
-    selection_mask = read_image(args.selection_mask) if args.selection_mask else None
-    result = register(
-        fixed, moving, transform=args.transform, metric_on=args.metric_on, fixed_mask=fixed_mask,
-        restarts=args.restarts, seed=args.seed, mesh_size=tuple(args.mesh_size), selection_mask=selection_mask,
-        sampling_percentage=args.sampling_percentage, iterations=args.iterations, init=args.init,
-        progress=getattr(args, "progress_fn", None),
-    )
-    summary = result.to_dict()
-    summary.update(fixed=str(args.fixed), moving=str(args.moving), output=str(args.output),
-                   transform_file=args.save_transform, check_png=args.check_png,
-                   also=[{"input": str(path), "output": str(out)} for path, out in also])
-    # Every output goes to a temporary file first; they are all moved into place together at the
-    # end, and all removed if any of them fails.
-    with contextlib.ExitStack() as stack:
-        tmp_image = stack.enter_context(atomic_path(args.output))
-        sitk.WriteImage(result.resampled, str(tmp_image), useCompression=True)
-        if args.save_transform:
-            sitk.WriteTransform(result.transform, str(stack.enter_context(atomic_path(args.save_transform))))
-        if args.check_png:
-            png = stack.enter_context(atomic_path(args.check_png))
-            shown_mask = selection_mask if selection_mask is not None else fixed_mask
-            save_check_png(fixed, moving, result.resampled, png, mask=shown_mask,
-                           title=f"{Path(args.moving).name} → {Path(args.fixed).name}: {args.transform}")
-        for (_, out), image in zip(also, also_images):
-            # Same acquisition and grid as MOVING (e.g. the high-b DWI next to the ADC): same transform.
-            sitk.WriteImage(resample_onto(fixed, image, result.transform), str(stack.enter_context(atomic_path(out))),
-                            useCompression=True)
-        if args.report:
-            stack.enter_context(atomic_path(args.report)).write_text(json.dumps(summary, indent=2))
-    print(
-        f"register ({args.transform}, {args.metric_on}, {args.restarts} restart(s), seed {args.seed}): "
-        f"{result.seconds:.1f} s; gradient correlation {result.gradient_correlation_before:.3f} -> "
-        f"{result.gradient_correlation_after:.3f}; metric {result.metric_before:.4f} -> {result.metric_after:.4f} "
-        f"-> {args.output}",
-        flush=True,
-    )
-    return 0

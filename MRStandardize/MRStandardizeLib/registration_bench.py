@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ProstateAILib.imageio import read_image, require_same_grid
+from ProstateAICore.geometry import require_same_grid
+from ProstateAICore.imageio import read_image
 
 from . import registration as reg
+from .registration_check import save_check_png
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                      "result": result.to_dict()})
         if args.out:
             slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
-            reg.save_check_png(t2, moving, result.resampled, args.out / f"{slug}.png", mask=gland, title=name)
+            save_check_png(t2, moving, result.resampled, args.out / f"{slug}.png", mask=gland, title=name)
     # High-b DWI shares the ADC's acquisition and grid: reuse the ADC's transform (recommended).
     adc_transform = reg.register(t2, adc, iterations=n, selection_mask=gland).transform
     hbv_after = reg.gradient_correlation(t2, reg.resample_onto(t2, hbv, adc_transform), gland)

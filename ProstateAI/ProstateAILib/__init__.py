@@ -1,8 +1,6 @@
-"""ProstateAI core library (GUI-free).
+"""Prostate segmentation core (GUI-free): models, inference, the segmentation pipeline, training, metrics.
 
-Shared pieces every module uses live here: input validation and errors (`errors`), image
-reading/writing with atomic outputs (`imageio`), and the `prostateai` command line (`cli`).
-Segmentation code imports torch lazily so CT/MR preprocessing never pays for it.
+Builds on ProstateAICore (I/O, errors, jobs) and on CTPreprocessLib / MRStandardizeLib (resampling,
+normalisation). Torch is imported lazily, so reading the catalog or a .seg.nrrd never pays for it.
+`cli` holds its commands (segment, train, evaluate, ...), `demo` and `bench` its demo and benchmark.
 """
-
-__version__ = "0.1.0"

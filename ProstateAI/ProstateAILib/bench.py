@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import write_text
+from ProstateAICore.imageio import write_text
 
 DATA = Path(os.environ.get("PROSTATEAI_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 CASE_T2 = DATA / "prostatex" / "ProstateX-0000" / "t2w"

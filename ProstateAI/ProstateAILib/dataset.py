@@ -13,7 +13,6 @@ Dataset descriptions accepted by `discover_cases`:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -26,8 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from . import preprocess
-from .errors import InputError
-from .imageio import read_image, require_same_grid, suffix_of
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import require_same_grid
+from ProstateAICore.imageio import read_image, read_json, suffix_of
 
 
 @dataclass
@@ -86,10 +86,7 @@ def _from_nnunet(folder: Path) -> list[Case]:
 
 
 def _from_json(path: Path) -> list[Case]:
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"Could not read the dataset list '{path}': {exc}") from exc
+    entries = read_json(path, "Dataset list")
     if isinstance(entries, dict):  # MSD dataset.json style {"training": [...]}
         entries = entries.get("training", [])
     cases = []

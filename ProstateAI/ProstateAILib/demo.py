@@ -1,38 +1,106 @@
-"""`make demo`: the main job on the bundled sample data, results and PNG previews in one folder.
+"""Segmentation demo: `prostateai segment` on the bundled ProstateX-0218 (T2 + ADC + HBV DICOM),
+then overlay PNGs (axial, coronal, sagittal through the gland's centre) of PZ and TZ on the T2.
 
-Each module contributes a `demo.run(out_dir)` that works on the small sample case shipped in
-Resources/SampleData; this entry point runs them in turn and prints where the results are.
+The PNGs use ProstateAICore.render's display orientation (radiological: patient right on the
+image's left; anterior up in axial; superior up in coronal/sagittal) for both the T2 and the masks,
+so an overlay cannot be mirrored relative to its image.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import sys
-import time
 from pathlib import Path
 
-# (name, module path): each has run(out_dir) -> dict summary
-DEMOS = (
-    ("CT preprocessing", "CTPreprocessLib.demo"),
-    ("MR standardisation (N4, Nyul, ADC -> T2 registration)", "MRStandardizeLib.demo"),
-    ("Prostate segmentation (gland, PZ, TZ)", "ProstateAILib.segdemo"),
-)
+import numpy as np
+import SimpleITK as sitk
+from matplotlib.colors import ListedColormap
+
+from ProstateAICore import render
+
+from . import pipeline
+from ProstateAICore.imageio import read_image, write_text
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "Resources" / "SampleData" / "ProstateX-0218"
+FILL_ALPHA = 0.35
+
+
+def gland_centre_indices(mask: sitk.Image) -> dict[str, int]:
+    """Slice index per view (counted like render.display_slice, on the LPS-reoriented grid) through
+    the mask's centroid; the middle slice when the mask is empty."""
+    lps = sitk.GetArrayViewFromImage(render.to_lps(mask))  # (S, P, L)
+    if not lps.any():
+        return {"axial": lps.shape[0] // 2, "coronal": lps.shape[1] // 2, "sagittal": lps.shape[2] // 2}
+    k, j, i = (int(round(c)) for c in np.argwhere(lps > 0).mean(0))
+    return {"axial": k, "coronal": j, "sagittal": i}
+
+
+def _window(plane: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(plane, [1, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def save_overlay_png(t2: sitk.Image, zones: sitk.Image, path, axis: str, index: int, title: str,
+                     width_px: int = 560) -> str:
+    """T2 slice with PZ / TZ filled (alpha) and outlined, edge letters and a legend."""
+    grey, aspect, index = render.display_slice(t2, axis, index)
+    labels, _, _ = render.display_slice(zones, axis, index)
+    rows, cols = grey.shape
+    height_px = int(round(width_px * rows * aspect / cols))
+    title_px = 30
+    fig = render.black_figure(width_px, height_px + title_px)
+    ax = fig.add_axes((0, 0, 1, height_px / (height_px + title_px)))
+    lo, hi = _window(grey)
+    ax.imshow(grey, cmap="gray", vmin=lo, vmax=hi, interpolation="bilinear", aspect="auto")
+    colours = {value: colour for name, layer, value, colour, _ in pipeline.SEGMENTS if layer == "zones"}
+    names = {value: name for name, layer, value, _, _ in pipeline.SEGMENTS if layer == "zones"}
+    cmap = ListedColormap([(0, 0, 0, 0)] + [(*colours[v], FILL_ALPHA) for v in sorted(colours)])
+    ax.imshow(labels, cmap=cmap, vmin=-0.5, vmax=len(colours) + 0.5, interpolation="nearest", aspect="auto")
+    for value in sorted(colours):
+        if (labels == value).any():
+            ax.contour(labels == value, levels=[0.5], colors=[colours[value]], linewidths=1.2)
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.set_axis_off()
+    render.draw_edge_letters(ax, axis)
+    fig.text(0.01, 1 - 0.5 * title_px / (height_px + title_px), f"{title}  [{axis} {index}]", ha="left",
+             va="center", color="white", fontsize=9)
+    for k, value in enumerate(sorted(colours, reverse=True)):  # legend in the title bar, right-aligned
+        fig.text(0.99 - 0.09 * k, 1 - 0.5 * title_px / (height_px + title_px), f"■ {names[value]}",
+                 color=colours[value], fontsize=10, fontweight="bold", ha="right", va="center")
+    return render.save_png(fig, path)
+
+
+def run(out_dir: str | Path, sample: str | Path | None = None) -> dict:
+    """Segment the bundled case into out_dir/ProstateX-0218 and write the overlay PNGs next to it."""
+    out_dir = Path(out_dir)
+    sample = Path(sample) if sample is not None else SAMPLE
+    case_out = out_dir / "ProstateX-0218"
+    report = pipeline.run(sample / "t2w", case_out, adc=sample / "adc", hbv=sample / "hbv")
+    t2 = read_image(sample / "t2w")
+    zones = read_image(case_out / "zones.nii.gz")
+    indices = gland_centre_indices(zones)
+    pngs = []
+    volumes = report["volumes_ml"]
+    for axis in ("axial", "coronal", "sagittal"):
+        title = (f"ProstateX-0218: prostate {volumes['prostate']:.1f} mL "
+                 f"(PZ {volumes['PZ']:.1f}, TZ {volumes['TZ']:.1f})")
+        pngs.append(save_overlay_png(t2, zones, out_dir / f"segmentation_{axis}.png", axis, indices[axis], title))
+    summary = {"outputs": str(case_out), "pngs": pngs, "volumes_ml": volumes, "timings_s": report["timings_s"],
+               "models": {k: v["name"] for k, v in report["models"].items()}}
+    write_text(json.dumps(summary, indent=2), out_dir / "segmentation_summary.json")
+    print(f"   prostate {volumes['prostate']:.1f} mL (PZ {volumes['PZ']:.1f}, TZ {volumes['TZ']:.1f}) in "
+          f"{report['timings_s']['total']:.1f} s; overlays: {', '.join(Path(p).name for p in pngs)}")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ProstateAILib.demo")
-    parser.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    parser = argparse.ArgumentParser(description="Segmentation demo on the bundled ProstateX-0218 case.")
+    parser.add_argument("--out", default="demo-output/prostateai", help="output folder")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for title, module_name in DEMOS:
-        start = time.perf_counter()
-        print(f"== {title} ==", flush=True)
-        module = importlib.import_module(module_name)
-        module.run(out / module_name.split("Lib.")[0].lower())
-        print(f"   done in {time.perf_counter() - start:.1f} s", flush=True)
-    print(f"Results and PNG previews are in {out.resolve()}")
+    run(args.out)
     return 0
 
 

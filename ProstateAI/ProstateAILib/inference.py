@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .progress import ProgressFn
+from ProstateAICore.progress import ProgressFn
 
 
 def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 1.0 / 8, floor: float = 1e-3) -> torch.Tensor:

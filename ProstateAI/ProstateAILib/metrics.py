@@ -19,7 +19,7 @@ Empty masks have defined values (never a crash):
   `empty = "pred"` or `"truth"`; volume similarity 0; volume difference = the other's volume.
 Cohort summaries (mean ± std) skip undefined distances and report how many were skipped.
 
-Pred and truth must share a grid (`imageio.same_grid`, 1e-3 tolerance); otherwise `InputError`.
+Pred and truth must share a grid (`geometry.same_grid`, 1e-3 tolerance); otherwise `InputError`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import InputError
-from .imageio import read_image, same_grid, suffix_of, write_text
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import same_grid
+from ProstateAICore.imageio import read_image, suffix_of, write_text
 
 METRICS = ("dice", "hd95_mm", "hd_mm", "assd_mm", "volume_similarity", "abs_volume_difference_ml",
            "pred_volume_ml", "truth_volume_ml")

@@ -17,7 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import InputError
+from ProstateAICore.errors import InputError
+from ProstateAICore.imageio import read_json
 
 MODEL_FORMAT = "prostateai-seg-model"
 
@@ -45,8 +46,8 @@ def load_catalog(path: str | os.PathLike | None = None) -> dict[str, dict]:
     if not path.is_file():
         raise InputError(f"Model catalog '{path}' not found (set PROSTATEAI_MODELS to a Models.json).")
     try:
-        entries = json.loads(path.read_text())["models"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entries = read_json(path, "Model catalog")["models"]
+    except (KeyError, TypeError) as exc:
         raise InputError(f"Model catalog '{path}' is not readable: {exc}") from exc
     return {e["name"]: {**e, "path": str((path.parent / e["file"]).resolve())} for e in entries}
 
@@ -121,6 +122,14 @@ def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None
     return model, metadata
 
 
+def portable_path(value: str | None, base: Path) -> str | None:
+    """A path as the catalog may store it: an absolute one becomes relative to `base` (the repository),
+    so no committed file names a machine's folders."""
+    if not value or not os.path.isabs(str(value)):
+        return value
+    return Path(os.path.relpath(value, base)).as_posix()
+
+
 def catalog_entry(name: str, version: str, task: str, weights: Path, metadata: dict, catalog_dir: Path,
                   card: str | None = None) -> dict:
     """A catalog entry describing `weights` (which must already be in its final place)."""
@@ -141,7 +150,7 @@ def catalog_entry(name: str, version: str, task: str, weights: Path, metadata: d
         "normalization": metadata.get("preprocess", {}).get("normalization"),
         "parameters": metadata.get("parameters"),
         "training_command": training.get("command"),
-        "data": training.get("data"),
+        "data": portable_path(training.get("data"), catalog_dir.parent),
         "split": metadata.get("split"),
         "validation": {
             "mean_dice": deployment.get("mean_dice", validation.get("mean_dice")),
@@ -161,7 +170,7 @@ def publish(run_model: str | os.PathLike, name: str, version: str, task: str, ca
     """Copy a run's model.pt into Resources/Models/<name>.pt and add/replace its catalog entry."""
     import shutil
 
-    from .imageio import atomic_path, write_text
+    from ProstateAICore.imageio import atomic_path, write_text
 
     catalog = Path(catalog) if catalog else catalog_path()
     _, metadata = read_model_file(run_model)

@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__, models, preprocess
-from .errors import InputError
-from .imageio import _current_umask, read_image_with_source, validate_volume
-from .progress import ProgressFn, scaled
+from ProstateAICore import __version__
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import image_like
+from ProstateAICore.imageio import current_umask, read_image_with_source, validate_volume
+from ProstateAICore.progress import ProgressFn, scaled
+
+from . import models, preprocess
 
 MIN_PROSTATE_ML = 1.0  # a smaller largest component is noise, not a gland
 
@@ -132,7 +135,7 @@ def _channels_for(metadata: dict, inputs: Inputs, gland: np.ndarray | None = Non
         elif preprocess.is_mask_channel(name):
             if gland is None:
                 raise InputError(f"Model '{metadata.get('name')}' needs a gland mask input.")
-            channels.append(_image_like(gland, inputs.t2, np.float32))
+            channels.append(image_like(gland, inputs.t2, np.float32))
         elif name.upper() in inputs.extra:
             channels.append(inputs.extra[name.upper()])
         else:
@@ -172,12 +175,6 @@ def _crop(image: sitk.Image, roi) -> sitk.Image:
     index = [r.start for r in roi][::-1]
     size = [r.stop - r.start for r in roi][::-1]
     return sitk.RegionOfInterest(image, size, index)
-
-
-def _image_like(array: np.ndarray, reference: sitk.Image, dtype) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
-    image.CopyInformation(reference)
-    return image
 
 
 def voxel_ml(image: sitk.Image) -> float:
@@ -239,7 +236,7 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress)
     timings["zones"] = time.perf_counter() - t0
 
     ml = voxel_ml(inputs.t2)
-    back = lambda array, dtype: _to_input_axes(_image_like(array, inputs.t2, dtype), original_t2)  # noqa: E731
+    back = lambda array, dtype: _to_input_axes(image_like(array, inputs.t2, dtype), original_t2)  # noqa: E731
     report = {
         "program": {"name": "ProstateAI", "version": __version__},
         "models": {
@@ -322,7 +319,7 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, starte
 
 
 def _move_into(staging: Path, out: Path) -> None:
-    umask = _current_umask()
+    umask = current_umask()
     for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700; give outputs normal permissions
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
     if not out.exists():

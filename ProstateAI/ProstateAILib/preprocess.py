@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from CTPreprocessLib import resample
 from MRStandardizeLib.normalize import normalize
 
-from .errors import InputError
-from .imageio import same_grid
+from ProstateAICore.errors import InputError
+from ProstateAICore.geometry import same_grid
 
 WORKING_SPACING = (1.5, 1.5, 3.6)  # mm, SimpleITK (x, y, z) order
 PERCENTILES = (1.0, 99.0)

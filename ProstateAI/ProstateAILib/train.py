@@ -34,10 +34,10 @@ from torch.nn import functional as F
 
 from . import dataset as ds
 from . import inference, metrics, network, preprocess
-from .errors import InputError
-from .imageio import atomic_path, write_text
+from ProstateAICore.errors import InputError
+from ProstateAICore.imageio import atomic_path, write_text
 from .models import MODEL_FORMAT, pick_device  # noqa: F401  (defined once, in the light models module)
-from .progress import ProgressFn
+from ProstateAICore.progress import ProgressFn
 
 
 @dataclass

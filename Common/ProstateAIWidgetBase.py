@@ -8,7 +8,7 @@ MRStandardize and ProstateAI do it one way. A widget using it inherits
 `self.logic.getParameterNode()` and `_onParameterNodeModified()`. Widgets with background jobs
 extend `onSceneStartClose` (discard the job, then `super()`).
 
-`JobPollingWidgetMixin` runs one out-of-process `ProstateAILib.jobs.Job` at a time, polled from the
+`JobPollingWidgetMixin` runs one out-of-process `ProstateAICore.jobs.Job` at a time, polled from the
 GUI thread by a QTimer (the GUI never blocks), with the job's progress and message shown and a real
 Cancel.
 """
@@ -75,7 +75,7 @@ class ParameterNodeWidgetMixin:
 
 @dataclass
 class RunningJob:
-    job: object  # ProstateAILib.jobs.Job
+    job: object  # ProstateAICore.jobs.Job
     tempdir: str  # the job's private folder (outputs are read from it, then it is removed)
     what: str  # shown with the elapsed time, e.g. "Segmentation: 4.2 s"
     context: dict = field(default_factory=dict)  # whatever the finish step needs (input nodes, kind)
@@ -138,7 +138,7 @@ class JobPollingWidgetMixin:
 
     def discardRunningJob(self) -> None:
         """Stop polling and kill the job, removing its folder (module cleanup, scene close)."""
-        from ProstateAILib.jobs import discard_job
+        from ProstateAICore.jobs import discard_job
 
         if self._timer is not None:
             self._timer.stop()

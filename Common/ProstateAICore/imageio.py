@@ -8,6 +8,7 @@ partial output behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .geometry import require_same_grid
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
 
@@ -206,6 +208,8 @@ def require_not_constant(array: np.ndarray, name: str = "image") -> None:
 
 def validate_volume(image: sitk.Image, name: str = "image") -> np.ndarray:
     """Check a scalar 3D volume is usable and return a read-only view of its voxels (z, y, x)."""
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"The {name} must be a SimpleITK image, not {type(image).__name__}.")
     require_3d(image, name)
     array = sitk.GetArrayViewFromImage(image)
     require_finite(array, name)
@@ -213,57 +217,24 @@ def validate_volume(image: sitk.Image, name: str = "image") -> np.ndarray:
     return array
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
-    """True when two images share size and (within `tolerance`) spacing, origin and direction.
+def validate_mask(image: sitk.Image, mask: sitk.Image | None, name: str = "mask") -> np.ndarray | None:
+    """The mask as a boolean array on the image grid (non-zero = inside); None stays None.
 
-    A tolerance is needed: NIfTI stores geometry as float32, so masks written from a DICOM image
-    differ from it by ~1e-6 mm in origin and up to ~2e-4 in direction.
+    Any label value counts as inside, so a zone map (1 = PZ, 2 = TZ) works as a gland mask.
     """
-    if a.GetSize() != b.GetSize():
-        return False
-    return (
-        np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
-    )
+    if mask is None:
+        return None
+    if not isinstance(mask, sitk.Image):
+        raise InputError(f"The {name} must be a SimpleITK image, not {type(mask).__name__}.")
+    require_3d(mask, name)
+    aligned = require_same_grid(image, mask, ("image", name))
+    inside = sitk.GetArrayViewFromImage(aligned) != 0
+    if not inside.any():
+        raise InputError(f"The {name} is empty (no non-zero voxel); it selects nothing.")
+    return inside
 
 
-def require_same_grid(image: sitk.Image, mask: sitk.Image, names=("image", "mask")) -> sitk.Image:
-    """Return `mask` with the image's exact geometry, or raise when the grids really differ."""
-    if not same_grid(image, mask):
-        raise InputError(
-            f"The {names[1]} is not on the {names[0]}'s grid ({names[1]} size {mask.GetSize()}, spacing "
-            f"{tuple(round(s, 4) for s in mask.GetSpacing())}; {names[0]} size {image.GetSize()}, spacing "
-            f"{tuple(round(s, 4) for s in image.GetSpacing())}). Resample it onto the {names[0]} first."
-        )
-    aligned = sitk.Image(mask)
-    aligned.CopyInformation(image)
-    return aligned
-
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # ITK/DICOM patient axes -> Slicer/MRML world axes (its own inverse)
-
-
-def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
-    """4x4 IJK->RAS matrix of a SimpleITK image (what MRML volume nodes and .seg.nrrd geometry use)."""
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    spacing = np.array(image.GetSpacing(), dtype=float)
-    matrix = np.eye(4)
-    matrix[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
-    matrix[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=float)
-    return matrix
-
-
-def geometry(image: sitk.Image) -> dict:
-    return {
-        "size": list(image.GetSize()),
-        "spacing": [float(s) for s in image.GetSpacing()],
-        "origin": [float(o) for o in image.GetOrigin()],
-        "direction": [float(d) for d in image.GetDirection()],
-    }
-
-
-def _current_umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -280,7 +251,7 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         # mkstemp creates 0600; give the result the permissions a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -296,6 +267,32 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
     return path
+
+
+MAX_JSON_BYTES = 64 << 20  # models, statistics, catalogs and dataset lists are far smaller
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    """Parse a small JSON file (never code: JSON only); any problem is one InputError naming the file.
+
+    Refused: a missing path, a folder, a file over MAX_JSON_BYTES, text that is not JSON, and nesting
+    deep enough to exhaust Python's recursion limit.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} '{path}' does not exist.")
+    if not path.is_file():
+        raise InputError(f"{what} '{path}' is a folder, not a file.")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise InputError(f"{what} '{path}' is {path.stat().st_size / 2**20:.0f} MiB; that is not a {what}.")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} '{path}' is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise InputError(f"{what} '{path}' is nested too deeply to be a {what}.") from None
+    except OSError as exc:
+        raise InputError(f"Could not read {what} '{path}': {exc.strerror or exc}.") from None
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:

@@ -1,13 +1,16 @@
 """Out-of-process jobs with progress and a real cancel (used by the Slicer widgets and the browser app).
 
 Long work (N4 at full quality, registration with restarts, training, inference) runs as
-`python -m ProstateAILib.cli <command> ... --progress` in a child process, so the GUI never blocks
-and Cancel really stops the computation (the process group is terminated, then killed). Outputs
-are written atomically by the command itself, so a cancelled job leaves nothing behind.
+`python -m <Lib>.cli <command> ... --progress` in a child process, so the GUI never blocks and
+Cancel really stops the computation: the child runs in its own process group, and cancel ends the
+whole tree -- SIGTERM to the group, then SIGKILL (Linux, macOS); CTRL_BREAK to the group, then
+`taskkill /T /F` (Windows). Outputs are written atomically by the command itself, so a cancelled job
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,15 +25,15 @@ from .progress import parse_progress
 
 
 class Job:
-    """Run `prostateai ARGS... --progress` in a child process.
+    """Run `python -m MODULE ARGS... --progress` in a child process (MODULE: a Lib's `cli`).
 
     `poll()` is cheap and non-blocking (call it from a GUI timer); `progress`, `message`, `state`,
     `returncode` and `error` describe the job. States: "running", "done", "failed", "cancelled".
     """
 
-    def __init__(self, args: list[str], python: str | None = None, env: dict | None = None):
+    def __init__(self, module: str, args: list[str], python: str | None = None, env: dict | None = None):
         self.args = list(args)
-        self.argv = [python or sys.executable, "-m", "ProstateAILib.cli", *self.args, "--progress"]
+        self.argv = [python or sys.executable, "-m", module, *self.args, "--progress"]
         self.progress = 0.0
         self.message = ""
         self.state = "pending"
@@ -58,7 +61,7 @@ class Job:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-            start_new_session=True,  # own process group: cancel reaches any helpers it starts
+            **_NEW_PROCESS_GROUP,  # own process group: cancel reaches any helpers it starts
         )
         self.state = "running"
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -99,24 +102,46 @@ class Job:
         return self.poll()
 
     def cancel(self, grace_seconds: float = 3.0) -> None:
-        """Stop the job: SIGTERM to its process group, SIGKILL if it is still alive after the grace time."""
+        """Stop the job and every process it started: politely first, forcibly after the grace time."""
         if self._process is None or self._process.poll() is not None:
             return
         self._cancelled = True
         try:
-            os.killpg(self._process.pid, signal.SIGTERM)
+            _ask_group_to_stop(self._process)
             self._process.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
-        except ProcessLookupError:
             pass
+        except (ProcessLookupError, OSError):
+            pass
+        # Helpers the child started may outlive it (and hold files open): end the whole group anyway.
+        _kill_group(self._process)
+        self._process.wait()
         self.poll()
+
+
+if sys.platform == "win32":
+    _NEW_PROCESS_GROUP = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+
+    def _ask_group_to_stop(process: subprocess.Popen) -> None:
+        process.send_signal(signal.CTRL_BREAK_EVENT)  # reaches the child's whole process group
+
+    def _kill_group(process: subprocess.Popen) -> None:
+        # /T: the process and every descendant, /F: forcibly. A tree already gone is not an error.
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+else:
+    _NEW_PROCESS_GROUP = {"start_new_session": True}  # the child leads a new session and process group
+
+    def _ask_group_to_stop(process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGTERM)
+
+    def _kill_group(process: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- helpers for the module Logic classes
 
-MODULE_FOLDERS = ("CTPreprocess", "MRStandardize", "ProstateAI")
+MODULE_FOLDERS = ("Common", "CTPreprocess", "MRStandardize", "ProstateAI")
 
 
 def job_python() -> str:
@@ -127,7 +152,7 @@ def job_python() -> str:
 def job_environment(base: dict | None = None) -> dict:
     """`base` (default os.environ) with the extension's module folders first on PYTHONPATH, so the
     child imports the Lib packages. Source tree: <repo>/<Module>/<Module>Lib; an installed Slicer
-    extension keeps every module in one qt-scripted-modules folder (the one holding ProstateAILib)."""
+    extension keeps every module in one qt-scripted-modules folder (the one holding ProstateAICore)."""
     here = Path(__file__).resolve().parents[1]
     folders = [here] + [here.parent / name for name in MODULE_FOLDERS]
     paths = list(dict.fromkeys(str(f) for f in folders if f.is_dir()))
@@ -138,10 +163,10 @@ def job_environment(base: dict | None = None) -> dict:
     return env
 
 
-def start_job(args: list[str], tempdir: str, what: str) -> Job:
-    """Start `prostateai ARGS` as a job; if it cannot start, remove `tempdir` and raise InputError."""
+def start_job(module: str, args: list[str], tempdir: str, what: str) -> Job:
+    """Start `python -m MODULE ARGS` as a job; if it cannot start, remove `tempdir` and raise InputError."""
     try:
-        return Job(args, python=job_python(), env=job_environment()).start()
+        return Job(module, args, python=job_python(), env=job_environment()).start()
     except OSError as error:
         shutil.rmtree(tempdir, ignore_errors=True)
         raise InputError(f"Could not start the background {what}: {error}") from None

@@ -16,11 +16,10 @@ import SimpleITK as sitk
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ProstateAILib.errors import InputError
-from ProstateAILib.imageio import atomic_path
+from .errors import InputError
+from .imageio import atomic_path
 
-from .normalize import minmax_array
-from .window import histogram, validate_window
+from .intensity import histogram, minmax_array, validate_window
 
 AXES = ("axial", "coronal", "sagittal")
 # Letters at the left/right and top/bottom edges of each view.
