@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv tools clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,18 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m ProstateAIApp.demo --out demo-output
 
-test: $(STAMP)
+# System tools the tests use: dciodvfy (dicom3tools) validates the DICOM SEG exports. Installed with apt-get
+# when running as root on Debian/Ubuntu; otherwise (or if that fails) a note, and those tests are skipped.
+tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
+	      || echo "note: could not install dicom3tools (dciodvfy); the DICOM SEG validation tests will be skipped"; \
+	  else \
+	    echo "note: dciodvfy is missing; install dicom3tools (sudo apt-get install dicom3tools) to run the DICOM SEG validation tests"; \
+	  fi; }
+
+test: $(STAMP) tools
 	$(PY) -m pytest -q
 
 # Benchmarks time ours against the reference in the same run and print ratios (not part of the tests).

@@ -769,10 +769,12 @@ class MRStandardizeLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         after = report.get("gradient_correlation_after")
         if before is None or after is None:
             return "Gradient correlation: not reported"
-        return (
+        text = (
             f"Gradient correlation {float(before):.3f} → {float(after):.3f} "
             f"({report.get('transform_type', '?')}, {report.get('seconds', 0):.1f} s)"
         )
+        # Registration that lowered the correlation: the scanner alignment was kept (or not); say so.
+        return f"{text}. Warning: {report['warning']}" if report.get("warning") else text
 
 
 #

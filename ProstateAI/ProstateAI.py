@@ -25,17 +25,17 @@ import qt
 import SimpleITK as sitk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.ScriptedLoadableModule import *  # noqa: F403
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-from ProstateAILib import models, pipeline
+from ProstateAILib import models, pipeline, review, segfile
 from ProstateAICore.errors import Cancelled, InputError
-from ProstateAICore.imageio import validate_volume
+from ProstateAICore.imageio import read_image, validate_volume, write_text
 from ProstateAICore.jobs import require_done, start_job
 from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
-from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node
+from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node, segment_arrays
 
 DEVICES = ("auto", "cpu", "cuda")
 SEGMENT_NAMES = tuple(entry[0] for entry in pipeline.SEGMENTS)  # Prostate, PZ, TZ
@@ -82,6 +82,8 @@ class ProstateAIParameterNode:
     hbvVolume: vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(DEVICES)] = "auto"
     testTimeAugmentation: bool = True
+    targetSegmentation: vtkMRMLSegmentationNode  # Accept copies the AI result here (None: a new segmentation)
+    psa: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0  # ng/mL; 0 = not given
 
 
 #
@@ -97,6 +99,9 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         ScriptedLoadableModuleWidget.__init__(self, parent)  # noqa: F405
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._preview = None  # the AI result under review (not accepted yet)
+        self._accepted = None  # the segmentation the last Accept went into
+        self._t2 = None  # the T2 both are on
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
@@ -106,6 +111,13 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         self._fillModelComboBoxes()
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+        for button, handler in ((self.ui.acceptButton, self.onAccept), (self.ui.rejectButton, self.onReject),
+                                (self.ui.undoButton, self.onUndo), (self.ui.editButton, self.onEdit),
+                                (self.ui.recomputeZonesButton, self.onRecomputeZones),
+                                (self.ui.exportButton, self.onExport), (self.ui.saveRecordButton, self.onSaveRecord)):
+            button.connect("clicked(bool)", handler)
         self.ui.glandModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
         self.ui.zonesModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
         self.initializeParameterNode()
@@ -114,8 +126,25 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         self.discardRunningJob()
         self.removeObservers()
 
+    def initializeParameterNode(self) -> None:
+        """Empty series selectors get the loaded volumes that look like the T2, the ADC and the high-b DWI."""
+        super().initializeParameterNode()
+        p = self._parameterNode
+        guesses = self.logic.guessInputVolumes(slicer.mrmlScene)
+        for role, name in (("T2", "inputVolume"), ("ADC", "adcVolume"), ("HBV", "hbvVolume")):
+            current = getattr(p, name)
+            firstVolume = role == "T2" and current is not None and current.GetID() == self._firstVolumeID()
+            if role in guesses and (current is None or firstVolume):
+                setattr(p, name, guesses[role])
+
+    @staticmethod
+    def _firstVolumeID():
+        node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        return node.GetID() if node else None
+
     def onSceneStartClose(self, caller, event) -> None:
         self.discardRunningJob()
+        self._preview = self._accepted = self._t2 = None  # their nodes go with the scene
         super().onSceneStartClose(caller, event)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -123,6 +152,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         if p is None:
             return
         self.ui.inputInfoLabel.text = describe_volume(p.inputVolume)
+        self._showPsaDensity()
         self._updateButtons()
 
     def _updateButtons(self) -> None:
@@ -131,6 +161,12 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         hasT2 = self._parameterNode is not None and self._parameterNode.inputVolume is not None
         self.ui.segmentButton.enabled = idle and hasT2 and hasModels
         self.ui.cancelButton.enabled = not idle
+        previewing, accepted = self._preview is not None, self._accepted is not None
+        for widget in (self.ui.thresholdSlider, self.ui.opacitySlider, self.ui.acceptButton, self.ui.rejectButton):
+            widget.enabled = previewing
+        self.ui.undoButton.enabled = accepted and self.logic.canUndoAccept(self._accepted)
+        for widget in (self.ui.editButton, self.ui.recomputeZonesButton, self.ui.exportButton, self.ui.saveRecordButton):
+            widget.enabled = accepted
 
     # -- models -------------------------------------------------------------------------------------
 
@@ -189,7 +225,90 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
             self._fail(f"Loading the segmentation failed: {error}")
             return
         self.logic.showSegmentation(segmentationNode, t2Node)
+        self._preview, self._t2 = segmentationNode, t2Node
+        self.ui.thresholdSlider.blockSignals(True)
+        self.ui.thresholdSlider.value = self.logic.previewThreshold(segmentationNode)
+        self.ui.thresholdSlider.blockSignals(False)
         self.ui.statusLabel.text = f"'{segmentationNode.GetName()}': {self.logic.describeReport(report)}"
+        text, colour = self.logic.describeQuality(report)
+        self.ui.qualityLabel.text = text
+        self.ui.qualityLabel.setStyleSheet(f"QLabel {{ background-color: {colour}; color: black; padding: 4px; }}")
+        self.ui.reviewStatusLabel.text = "Review the preview, then Accept or Reject."
+        self._updateButtons()
+
+    # -- review -------------------------------------------------------------------------------------
+
+    def _review(self, what: str, action) -> None:
+        """Run a review action; its message (or its error) goes to the review status line."""
+        try:
+            message = action()
+        except InputError as error:
+            message = str(error)
+        except Exception as error:
+            logging.exception(f"ProstateAI: {what} failed")
+            message = f"{what} failed: {error}"
+        if message is not None:
+            self.ui.reviewStatusLabel.text = message
+        self._updateButtons()
+
+    def onThresholdChanged(self, value: float) -> None:
+        if self._preview is None:
+            return
+        self._review("Threshold", lambda: "Preview at threshold {:.2f}: Prostate {Prostate:.1f} mL (PZ {PZ:.1f}, "
+                     "TZ {TZ:.1f})".format(value, **self.logic.setPreviewThreshold(self._preview, value, self._t2)))
+
+    def onOpacityChanged(self, value: float) -> None:
+        if self._preview is not None:
+            self.logic.setPreviewOpacity(self._preview, value)
+
+    def onAccept(self) -> None:
+        def accept():
+            self._accepted = self.logic.acceptPreview(self._preview, self._t2, self._parameterNode.targetSegmentation)
+            self._preview = None
+            self._showPsaDensity()
+            return f"Accepted into '{self._accepted.GetName()}'. Correct it in the Segment Editor, then export."
+        self._review("Accept", accept)
+
+    def onReject(self) -> None:
+        def reject():
+            self.logic.rejectPreview(self._preview)
+            self._preview = None
+            return "Rejected: the preview was removed."
+        self._review("Reject", reject)
+
+    def onUndo(self) -> None:
+        def undo():
+            self.logic.undoAccept(self._accepted)
+            self._accepted = None
+            return "Accept undone."
+        self._review("Undo", undo)
+
+    def onEdit(self) -> None:
+        self._review("Edit", lambda: self.logic.editInSegmentEditor(self._accepted, self._t2))
+
+    def onRecomputeZones(self) -> None:
+        self._review("Recompute zones", lambda: " ".join(self.logic.recomputeZones(self._accepted, self._t2))
+                     or "Zones already agree with the gland.")
+
+    def _showPsaDensity(self) -> None:
+        p = self._parameterNode
+        if p is None or not p.psa or self._accepted is None:
+            return
+        self._review("PSA density", lambda: f"PSA density {self.logic.psaDensity(self._accepted, self._t2, p.psa):.3f} ng/mL/mL")
+
+    def _savePath(self, title: str, default: str, pattern: str):
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, default, pattern)
+        return path or None
+
+    def onExport(self) -> None:
+        path = self._savePath("Export segmentation", f"{self._accepted.GetName()}.seg.nrrd", "Segmentation (*.seg.nrrd)")
+        if path:
+            self._review("Export", lambda: f"Wrote {self.logic.exportSegmentation(self._accepted, self._t2, path)}")
+
+    def onSaveRecord(self) -> None:
+        path = self._savePath("Save review record", f"{self._accepted.GetName()}-review.json", "JSON (*.json)")
+        if path:
+            self._review("Review record", lambda: f"Wrote {self.logic.saveReviewRecord(self.logic.reviewRecord(self._accepted, self._t2), path)}")
 
 
 #
@@ -203,10 +322,14 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
     REPORT_ATTRIBUTE = "ProstateAI.Report"  # JSON report of the run that made a segmentation node
     SOURCE_ATTRIBUTE = "ProstateAI.Source"  # ID of the T2 volume a segmentation was computed from
     SEGMENTATION_FILE = "segmentation.seg.nrrd"
+    PREVIEW_ATTRIBUTE = "ProstateAI.Preview"  # "1" on an AI result not accepted yet
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
         self.lastReport = None
+        self._probabilities = {}  # preview node ID -> (p_prostate, p_tz, gland threshold, TZ threshold)
+        self._undo = {}  # accepted-into node ID -> its segmentation before Accept (None: Accept created it)
+        self._aiResults = {}  # accepted-into node ID -> {"masks": {name: array}, "report": report}
 
     def getParameterNode(self):
         return ProstateAIParameterNode(super().getParameterNode())
@@ -239,6 +362,41 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 raise InputError(f"The {name} volume is the T2 volume; choose the {name} series or leave it empty.")
             extra[name] = self._imageOf(node, f"{name} volume")
         return t2, extra
+
+    @staticmethod
+    def guessInputVolumes(scene) -> dict:
+        """{"T2": node, "ADC": node, "HBV": node} among the scene's scalar volumes, classified as
+        `prostateai segment --study` classifies series (ProstateAILib.study.classify): by the
+        series description (a DICOM volume's name is "<number>: <description>") and, when Slicer's
+        DICOM database knows the volume, its ImageType and b-value. Roles not found are left out."""
+        from ProstateAILib import study
+
+        found = {}
+        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+                continue
+            description = node.GetName().split(":", 1)[-1].strip()
+            kind, _ = study.classify(description, *ProstateAILogic._dicomTags(node))
+            role = {"T2": "T2", "ADC": "ADC", "DWI": "HBV"}.get(kind)
+            slices = node.GetImageData().GetDimensions()[2]
+            if role and (role not in found or slices > found[role][1]):  # several: the one with most slices
+                found[role] = (node, slices)
+        return {role: node for role, (node, _) in found.items()}
+
+    @staticmethod
+    def _dicomTags(node) -> tuple:
+        """(ImageType values, b-value) from Slicer's DICOM database for a volume loaded from DICOM."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return (), None
+        try:
+            image_type = (database.instanceValue(uids[0], "0008,0008") or "").split("\\")
+            b_value = database.instanceValue(uids[0], "0018,9087")
+            return image_type, float(b_value) if b_value else None
+        except (AttributeError, ValueError):
+            return (), None
 
     # -- models -------------------------------------------------------------------------------------
 
@@ -284,6 +442,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                                   threads=threads)
         node = self.addSegmentation(t2Node, result, name)
         self._keepReport(node, t2Node, result.report)
+        self._makePreview(node, result.report, result.probabilities["prostate"], result.probabilities["TZ"])
         return node
 
     @staticmethod
@@ -311,6 +470,16 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             return "no volumes reported"
         return (f"Prostate {volumes.get('prostate', 0.0):.1f} mL (PZ {volumes.get('PZ', 0.0):.1f} mL, "
                 f"TZ {volumes.get('TZ', 0.0):.1f} mL)")
+
+    @staticmethod
+    def describeQuality(report: dict) -> tuple:
+        """(banner text, background colour) of the report's quality verdict."""
+        verdict = report.get("quality") or {}
+        if verdict.get("status") == "ok":
+            return "Quality: ok", "#b7e1b0"
+        if verdict.get("status") == "check":
+            return "Quality: CHECK - " + "; ".join(verdict.get("reasons") or []), "#ffcc80"
+        return "Quality: not assessed", "#dddddd"
 
     # -- out-of-process segmentation ----------------------------------------------------------------
 
@@ -357,8 +526,11 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             with open(os.path.join(out, "report.json")) as handle:
                 report = json.load(handle)
             node = self.loadSegmentationFile(os.path.join(out, self.SEGMENTATION_FILE), t2Node,
-                                             name or f"{t2Node.GetName()} segmentation")
+                                             name or f"{t2Node.GetName()} AI preview")
             self._keepReport(node, t2Node, report)
+            probabilities = os.path.join(out, "probabilities")
+            self._makePreview(node, report, read_image(os.path.join(probabilities, "prostate.nii.gz")),
+                              read_image(os.path.join(probabilities, "TZ.nii.gz")))
             return node, report
         finally:
             shutil.rmtree(tempdir, ignore_errors=True)
@@ -406,6 +578,173 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             scene.RemoveNode(node)
             raise InputError(f"The segmentation file has segments {sorted(names)}, expected {list(SEGMENT_NAMES)}.")
         return node
+
+
+    # -- review: preview, then accept -----------------------------------------------------------------
+
+    def _makePreview(self, node, report: dict, pProstate, pTz) -> None:
+        """Mark a new AI result as a preview (outline and fill) and keep its probability maps for the slider."""
+        node.SetAttribute(self.PREVIEW_ATTRIBUTE, "1")
+        thresholds = [float((report.get("models") or {}).get(task, {}).get("threshold") or 0.5)
+                      for task in ("gland", "zones")]
+        self._probabilities[node.GetID()] = (sitk.GetArrayFromImage(pProstate), sitk.GetArrayFromImage(pTz),
+                                             *thresholds)
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetVisibility2DFill(True)
+        display.SetVisibility2DOutline(True)
+        display.SetOpacity2DFill(0.4)
+
+    def isPreview(self, node) -> bool:
+        return node is not None and node.GetAttribute(self.PREVIEW_ATTRIBUTE) == "1"
+
+    def _requirePreview(self, node) -> None:
+        if not self.isPreview(node):
+            raise InputError("Select an AI result that has not been accepted yet (a preview).")
+
+    def previewThreshold(self, previewNode) -> float:
+        """The gland probability threshold the preview shows now."""
+        self._requirePreview(previewNode)
+        return self._probabilities[previewNode.GetID()][2]
+
+    def setPreviewThreshold(self, previewNode, threshold: float, t2Node) -> dict:
+        """Recompute the preview's Prostate / PZ / TZ at another gland probability threshold; returns
+        the volumes (mL). Only the preview changes; its probability maps stay as computed."""
+        self._requirePreview(previewNode)
+        pProstate, pTz, _, tzThreshold = self._probabilities[previewNode.GetID()]
+        masks = review.masks_at_threshold(pProstate, pTz, float(threshold), tzThreshold)
+        self._setSegmentArrays(previewNode, t2Node, masks)
+        self._probabilities[previewNode.GetID()] = (pProstate, pTz, float(threshold), tzThreshold)
+        ml = float(np.prod(t2Node.GetSpacing())) / 1000.0
+        return {name: round(float(mask.sum()) * ml, 3) for name, mask in masks.items()}
+
+    @staticmethod
+    def setPreviewOpacity(previewNode, opacity: float) -> None:
+        previewNode.GetDisplayNode().SetOpacity2DFill(float(opacity))
+
+    @staticmethod
+    def _setSegmentArrays(segmentationNode, t2Node, masks: dict) -> None:
+        segmentation = segmentationNode.GetSegmentation()
+        for name, mask in masks.items():
+            segmentId = segmentation.GetSegmentIdBySegmentName(name)
+            if not segmentId:
+                raise InputError(f"The segmentation '{segmentationNode.GetName()}' has no '{name}' segment.")
+            slicer.util.updateSegmentBinaryLabelmapFromArray(np.asarray(mask, dtype=np.uint8), segmentationNode,
+                                                             segmentId, t2Node)
+
+    def acceptPreview(self, previewNode, t2Node, targetNode=None):
+        """Copy the preview's segments (with their terminology) into `targetNode`, or a new segmentation;
+        segments of the same name there are replaced. The preview is removed. `undoAccept` restores
+        the target as it was. Returns the target node."""
+        self._requirePreview(previewNode)
+        scene = previewNode.GetScene()
+        created = targetNode is None
+        if created:
+            name = previewNode.GetName().replace(" AI preview", "") or t2Node.GetName()
+            targetNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{name} segmentation"))
+            targetNode.CreateDefaultDisplayNodes()
+            targetNode.SetReferenceImageGeometryParameterFromVolumeNode(t2Node)
+            self._undo[targetNode.GetID()] = None
+        else:
+            snapshot = slicer.vtkSegmentation()
+            snapshot.DeepCopy(targetNode.GetSegmentation())
+            self._undo[targetNode.GetID()] = snapshot
+        source, target = previewNode.GetSegmentation(), targetNode.GetSegmentation()
+        for index in range(source.GetNumberOfSegments()):
+            segmentId = source.GetNthSegmentID(index)
+            existing = target.GetSegmentIdBySegmentName(source.GetSegment(segmentId).GetName())
+            if existing:
+                target.RemoveSegment(existing)
+            target.CopySegmentFromSegmentation(source, segmentId, False)
+        report = self.reportOf(previewNode)
+        self._aiResults[targetNode.GetID()] = {"masks": segment_arrays(previewNode, t2Node), "report": report}
+        targetNode.SetAttribute(self.REPORT_ATTRIBUTE, json.dumps(report))
+        targetNode.SetAttribute(self.SOURCE_ATTRIBUTE, t2Node.GetID())
+        self.rejectPreview(previewNode)
+        return targetNode
+
+    def canUndoAccept(self, targetNode) -> bool:
+        return targetNode is not None and targetNode.GetID() in self._undo
+
+    def undoAccept(self, targetNode) -> None:
+        """Put the target of the last Accept back as it was (a segmentation Accept created is removed)."""
+        if not self.canUndoAccept(targetNode):
+            raise InputError("Nothing to undo for this segmentation.")
+        snapshot = self._undo.pop(targetNode.GetID())
+        self._aiResults.pop(targetNode.GetID(), None)
+        if snapshot is None:
+            targetNode.GetScene().RemoveNode(targetNode)
+        else:
+            targetNode.GetSegmentation().DeepCopy(snapshot)
+
+    def rejectPreview(self, previewNode) -> None:
+        """Remove the preview (and its probability maps); nothing else in the scene changes."""
+        self._requirePreview(previewNode)
+        self._probabilities.pop(previewNode.GetID(), None)
+        previewNode.GetScene().RemoveNode(previewNode)
+
+    # -- correct ------------------------------------------------------------------------------------
+
+    def recomputeZones(self, segmentationNode, t2Node) -> list:
+        """Make the zones agree with the (edited) gland: TZ clipped to the gland, PZ = gland - TZ.
+        Returns warnings for what was inconsistent (zone voxels outside the gland, overlaps...)."""
+        arrays = segment_arrays(segmentationNode, t2Node)
+        missing = [name for name in review.ZONE_NAMES if name not in arrays]
+        if missing:
+            raise InputError(f"The segmentation has no {', '.join(missing)} segment.")
+        check = review.consistent_zones(arrays["Prostate"], arrays["PZ"], arrays["TZ"])
+        self._setSegmentArrays(segmentationNode, t2Node, {"PZ": check.masks["PZ"], "TZ": check.masks["TZ"]})
+        return check.warnings
+
+    @staticmethod
+    def editInSegmentEditor(segmentationNode, t2Node) -> None:
+        """Open the Segment Editor on the segmentation with the T2 as source volume."""
+        modules = getattr(slicer, "modules", None)
+        if getattr(slicer, "app", None) is None or not hasattr(modules, "segmenteditor"):
+            raise InputError("The Segment Editor needs the Slicer application.")
+        slicer.util.selectModule("SegmentEditor")
+        editor = modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentationNode)
+        editor.setSourceVolumeNode(t2Node)
+
+    # -- quality assurance and export ---------------------------------------------------------------
+
+    def reviewRecord(self, segmentationNode, t2Node, reviewer=None) -> dict:
+        """The QA record of an accepted AI result: model, when, edited or not, Dice and volume change."""
+        accepted = self._aiResults.get(segmentationNode.GetID()) if segmentationNode is not None else None
+        if accepted is None:
+            raise InputError("No AI result was accepted into this segmentation in this session.")
+        final = segment_arrays(segmentationNode, t2Node)
+        ml = float(np.prod(t2Node.GetSpacing())) / 1000.0
+        return review.review_record(accepted["masks"], final, ml, accepted["report"].get("models"), reviewer)
+
+    @staticmethod
+    def saveReviewRecord(record: dict, path: str) -> str:
+        write_text(json.dumps(record, indent=2) + "\n", path)
+        return path
+
+    @staticmethod
+    def psaDensity(segmentationNode, t2Node, psa: float) -> float:
+        """PSA / prostate volume (mL) of the segmentation's Prostate segment."""
+        arrays = segment_arrays(segmentationNode, t2Node)
+        if "Prostate" not in arrays:
+            raise InputError("The segmentation has no Prostate segment.")
+        return review.psa_density(psa, float(arrays["Prostate"].sum()) * float(np.prod(t2Node.GetSpacing())) / 1000.0)
+
+    @staticmethod
+    def exportSegmentation(segmentationNode, t2Node, path: str) -> str:
+        """Write the segmentation as a .seg.nrrd on the T2 grid (Prostate, PZ, TZ layers as `segment` writes)."""
+        arrays = segment_arrays(segmentationNode, t2Node)
+        t2 = image_from_volume_node(t2Node)
+        colours = {name: colour for name, _, _, colour, _ in pipeline.SEGMENTS}
+        codes = {name: code for name, _, _, _, code in pipeline.SEGMENTS}
+        segments = []
+        for name, array in arrays.items():
+            image = sitk.GetImageFromArray(array)
+            image.CopyInformation(t2)
+            segments.append(segfile.Segment(name, image, 1, colours.get(name, (0.5, 0.5, 0.5)), codes.get(name)))
+        segfile.write_seg_nrrd(segments, path)
+        return path
 
     # -- display ------------------------------------------------------------------------------------
 

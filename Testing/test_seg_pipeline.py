@@ -49,7 +49,7 @@ def test_outputs_on_the_exact_t2_grid(segmented, prostatex_t2):
     out, _ = segmented
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["probabilities/PZ.nii.gz", "probabilities/TZ.nii.gz", "probabilities/prostate.nii.gz",
-                     "prostate.nii.gz", "report.json", "segmentation.seg.nrrd", "zones.nii.gz"]
+                     "prostate.nii.gz", "report.json", "segmentation.dcm", "segmentation.seg.nrrd", "zones.nii.gz"]
     prostate, zones = read_image(out / "prostate.nii.gz"), read_image(out / "zones.nii.gz")
     for image in (prostate, zones):
         assert _same_geometry(image, prostatex_t2) and image.GetPixelID() == sitk.sitkUInt8

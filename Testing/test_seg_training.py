@@ -239,7 +239,7 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     assert "PROGRESS 1.0000 epoch 3/3 loss" in captured.err  # machine-readable lines for jobs.Job
     rows = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
-    state = torch.load(out / "last.pt", weights_only=False)
+    state = torch.load(out / "last.pt", weights_only=True)
     assert state["epoch"] == 3
     steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
     assert steps == {12}  # optimizer state carried over: 3 epochs x 4 iterations
@@ -273,7 +273,7 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     assert json.loads((tuned / "split.json").read_text()) == split
     for key, value in model.state_dict().items():
         torch.testing.assert_close(start[key], value.float())
-    state = torch.load(tuned / "last.pt", weights_only=False)
+    state = torch.load(tuned / "last.pt", weights_only=True)
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {4}
     other = network.build_network(network.NetConfig(features=(4, 8, 8, 8, 16)))
     with pytest.raises(InputError, match="different network"):
@@ -326,7 +326,7 @@ def test_weight_average_is_what_is_validated_and_saved(tmp_path, promise12_data,
               "--patch", "8,32,32", "--features", "4,8,8,8,8", "--val-every", "1", "--val-overlap", "0",
               "--no-val-tta", "--threads", "1", "--seed", "3", "--ema", "0.5"]
     assert cli.main(common + ["--epochs", "1"]) == 0
-    state = torch.load(out / "last.pt", weights_only=False)
+    state = torch.load(out / "last.pt", weights_only=True)
     assert int(state["ema"]["n_averaged"]) == 3  # one update per optimizer step
     averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     saved = torch.load(out / "model.pt", weights_only=True)
@@ -336,7 +336,7 @@ def test_weight_average_is_what_is_validated_and_saved(tmp_path, promise12_data,
         assert torch.equal(saved["state_dict"][key], averaged[key].to(torch.float16)), key
     assert any(not torch.equal(saved["state_dict"][k], state["model"][k].to(torch.float16)) for k in weights)
     assert cli.main(common + ["--epochs", "2", "--resume"]) == 0
-    assert int(torch.load(out / "last.pt", weights_only=False)["ema"]["n_averaged"]) == 6  # carried over
+    assert int(torch.load(out / "last.pt", weights_only=True)["ema"]["n_averaged"]) == 6  # carried over
     capsys.readouterr()
     with pytest.raises(InputError, match="--ema must be between 0 and 1"):
         train.weight_average(network.build_network(), 1.5)

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from ProstateAICore import commands
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import geometry
-from ProstateAICore.imageio import read_image, suffix_of, write_image, write_text
+from ProstateAICore.imageio import read_image, suffix_of, write_all
 from ProstateAICore.intensity import quantiles
 
 from .hu import label_map_reason, load_ct
@@ -41,31 +41,35 @@ def register(subparsers) -> None:
     ct.add_argument("output", help="output volume (.nii.gz, .nii, .nrrd, .mha); written only on success")
     window = ct.add_mutually_exclusive_group()
     window.add_argument("--preset", metavar="NAME", help=f"window preset: {', '.join(PRESETS)}")
-    window.add_argument("--window", nargs=2, type=float, metavar=("WL", "WW"), help="window level and width (HU)")
-    window.add_argument("--clip", nargs=2, type=float, metavar=("LO", "HI"), help="clip to [LO, HI] HU")
-    window.add_argument("--percentile", nargs=2, type=float, metavar=("QLO", "QHI"),
+    window.add_argument("--window", nargs=2, type=commands.finite_float, metavar=("WL", "WW"), help="window level and width (HU)")
+    window.add_argument("--clip", nargs=2, type=commands.finite_float, metavar=("LO", "HI"), help="clip to [LO, HI] HU")
+    window.add_argument("--percentile", nargs=2, type=commands.finite_float, metavar=("QLO", "QHI"),
                         help="window between two quantiles in [0, 1], e.g. 0.6 0.99")
     ct.add_argument("--normalize", choices=("minmax", "zscore", "none"), default=None,
                     help="default: minmax for integer --dtype, else none")
     ct.add_argument("--dtype", choices=("uint8", "uint16", "float32"), default="float32")
-    ct.add_argument("--spacing", nargs=3, type=float, metavar=("X", "Y", "Z"), help="resample to this spacing (mm)")
+    ct.add_argument("--spacing", nargs=3, type=commands.bounded_float(0.01, 100.0, "voxel size (mm)"), metavar=("X", "Y", "Z"), help="resample to this spacing (mm)")
     ct.add_argument("--reference", metavar="REF", help="resample onto this image's grid")
     ct.add_argument("--interpolator", choices=("bspline", "linear", "nearest"), default="bspline")
     ct.add_argument("--denoise", choices=("none", "curvature_flow", "anisotropic", "median", "gaussian"), default="none")
-    ct.add_argument("--denoise-iterations", type=int, default=5, metavar="N")
-    ct.add_argument("--median-radius", type=int, default=1, metavar="R", help="voxels")
-    ct.add_argument("--sigma", type=float, default=1.0, metavar="MM", help="Gaussian sigma (mm)")
-    ct.add_argument("--size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="crop/pad to this many voxels")
-    ct.add_argument("--pad-value", type=float, metavar="V", help="pad value in HU (default: window low end or minimum)")
+    ct.add_argument("--denoise-iterations", type=commands.bounded_int(1, 1000, "iterations"), default=5, metavar="N")
+    ct.add_argument("--median-radius", type=commands.bounded_int(1, 10, "median radius"), default=1, metavar="R", help="voxels")
+    ct.add_argument("--sigma", type=commands.positive_float, default=1.0, metavar="MM", help="Gaussian sigma (mm)")
+    ct.add_argument("--size", nargs=3, type=commands.bounded_int(1, 4096, "size (voxels)"), metavar=("X", "Y", "Z"), help="crop/pad to this many voxels")
+    ct.add_argument("--pad-value", type=commands.finite_float, metavar="V", help="pad value in HU (default: window low end or minimum)")
     ct.add_argument("--mask", metavar="M", help="mask on the input grid: z-score statistics and crop centre")
     ct.add_argument("--report", metavar="JSON", help="write a JSON report of the run")
+    ct.add_argument("--allow-irregular", action="store_true",
+                    help="resample a DICOM series with missing/uneven slices onto a regular grid (else refused)")
     ct.set_defaults(func=run_ct)
+    commands.declare_paths(ct, inputs=["input", "reference", "mask"], outputs=["output", "report"])
 
     info = subparsers.add_parser("info", help="describe a CT: geometry, pixel type, HU/rescale, percentiles",
                                  description="Describe a CT volume (DICOM, NIfTI, NRRD, MHA).")
     info.add_argument("path")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=run_info)
+    commands.declare_paths(info, inputs=["path"])
 
 
 def _check_output_path(path: str, what: str, suffixes) -> None:
@@ -113,19 +117,16 @@ def run_ct(args) -> int:
     _check_output_path(args.output, "output format", OUTPUT_SUFFIXES)
     if args.report:
         _check_output_path(args.report, "report format", (".json",))
-    image, info = load_ct(args.input)
+    image, info = load_ct(args.input, allow_irregular=args.allow_irregular)
     config = config_from_args(args)
     if info.padding_voxels:
         config.padding_value = info.padding_value_hu  # DICOM padding is not tissue: fill it before statistics
     result, report = run_pipeline(image, config, progress=args.progress_fn)
     report = {"input": str(args.input), "output": str(args.output), "hu": info.to_dict(), **report}
-    output = write_image(result, args.output)
+    outputs = [(result, args.output)]
     if args.report:
-        try:
-            write_text(json.dumps(report, indent=2, default=_json_default), args.report)
-        except BaseException:
-            output.unlink(missing_ok=True)  # all or nothing
-            raise
+        outputs.append((json.dumps(report, indent=2, default=_json_default), args.report))
+    write_all(outputs)  # all or nothing
     window = report["window"]
     window_text = f", window [{window[0]:g}, {window[1]:g}] HU" if window else ""
     print(f"Wrote {args.output}: {report['dtype']}, size {tuple(result.GetSize())}{window_text} "

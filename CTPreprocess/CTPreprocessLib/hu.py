@@ -133,13 +133,15 @@ def _value_warnings(image: sitk.Image) -> list[str]:
     return []
 
 
-def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: bool = True) -> tuple[sitk.Image, CTLoadInfo]:
+def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: bool = True,
+            allow_irregular: bool = False) -> tuple[sitk.Image, CTLoadInfo]:
     """Read a CT (DICOM series folder, single DICOM file, NIfTI, NRRD, MHA) in HU.
 
     With `validate` (default) the image must be a usable 3D CT: not 2D, finite, not constant, not a
     label map, and DICOM modality CT. `validate=False` only reads (for `prostateai info`).
+    `allow_irregular`: a DICOM series with missing/uneven slices is resampled (noted in the warnings).
     """
-    image, source = read_image_with_source(path, series_id)
+    image, source = read_image_with_source(path, series_id, allow_irregular)
     kind, modality = source.kind, source.modality
     slope, intercept, rescale_type = source.rescale_slope, source.rescale_intercept, source.rescale_type
     if validate and modality is not None and modality.upper() != "CT":
@@ -165,4 +167,5 @@ def load_ct(path: str | os.PathLike, series_id: str | None = None, validate: boo
         validate_ct(image)
     if image.GetDimension() == 3 and image.GetNumberOfComponentsPerPixel() == 1:
         info.warnings.extend(_value_warnings(image))
+    info.warnings.extend(source.notes)
     return image, info

@@ -10,3 +10,7 @@ class InputError(ValueError):
 
 class Cancelled(Exception):
     """The user cancelled a running step; nothing was written."""
+
+
+class Terminated(Cancelled):
+    """The process was asked to stop (SIGTERM, e.g. a job's Cancel); handled like Cancelled."""

@@ -8,8 +8,11 @@ partial output behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import require_same_grid
+from .payload import check_payload
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
 
@@ -118,8 +122,14 @@ def _require_no_skipped_files(folder: str, n_read: int) -> None:
         )
 
 
-def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> tuple[sitk.Image, ImageSource]:
-    """Read one DICOM series from a folder, slices sorted by position (GDCM), with its rescale tags."""
+def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None,
+                      allow_irregular: bool = False) -> tuple[sitk.Image, ImageSource]:
+    """Read one DICOM series from a folder, slices sorted by position (GDCM), with its rescale tags.
+
+    Slice positions along the normal must be unique and evenly spaced (a missing slice would
+    otherwise shrink every distance and volume); `allow_irregular` resamples them onto a regular
+    grid instead and says so in `ImageSource.notes`.
+    """
     folder = str(folder)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series_ids:
@@ -136,19 +146,91 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
     _require_no_skipped_files(folder, len(files))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice positions, to check the spacing
     try:
-        image = reader.Execute()
+        with _quiet_stderr():  # ITK's own "non uniform sampling" warning: checked and reported below instead
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"Could not read the DICOM series in '{folder}': {_first_line(exc)}") from exc
+    notes = []
+    irregular = _slice_spacing_problem(reader, len(files))
+    if irregular:
+        if not allow_irregular:
+            raise InputError(f"The DICOM series in '{folder}' {irregular[0]}. A slice is missing or repeated: "
+                             "export the complete series, or pass --allow-irregular to resample it onto a "
+                             "regular grid.")
+        image = _regular_grid(image, irregular[1])
+        notes.append(f"irregular slice positions ({irregular[0]}); resampled onto a regular "
+                     f"{image.GetSpacing()[2]:.4g} mm grid (--allow-irregular)")
     header = sitk.ImageFileReader()
     header.SetFileName(files[0])
     try:
         header.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"Corrupt DICOM file '{files[0]}': {_first_line(exc)}") from exc
-    source = ImageSource(path=folder, kind="dicom-series", n_files=len(files))
+    source = ImageSource(path=folder, kind="dicom-series", n_files=len(files), notes=notes)
     _fill_dicom_fields(source, header)
     return image, source
+
+
+def _slice_geometry(reader: sitk.ImageSeriesReader, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(position of each slice along the normal in mm, ImagePositionPatient per slice, the normal),
+    slices in the reader's order; None without patient geometry (e.g. secondary capture)."""
+    try:
+        cosines = np.array([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")])
+        corners = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+    except (RuntimeError, ValueError):
+        return None
+    if cosines.size != 6 or corners.shape != (n, 3):
+        return None
+    normal = np.cross(cosines[:3], cosines[3:])
+    return corners @ normal, corners, normal
+
+
+def _slice_spacing_problem(reader: sitk.ImageSeriesReader, n: int):
+    """(description, slice geometry) when slice positions are not unique and evenly spaced along the normal.
+
+    Tolerance: 1 % of the median spacing, at least 0.01 mm (rounding in exported positions stays far below).
+    """
+    geometry = _slice_geometry(reader, n) if n >= 2 else None
+    if geometry is None:
+        return None
+    along = np.sort(geometry[0])
+    steps = np.diff(along)
+    step = float(np.median(steps[steps > 0])) if np.any(steps > 0) else 0.0
+    tolerance = max(0.01, 0.01 * step)
+    repeated = np.flatnonzero(steps < tolerance)
+    if repeated.size:
+        return (f"has {repeated.size} repeated slice position(s), e.g. two slices at {along[repeated[0]]:.2f} mm "
+                "along the slice normal", geometry)
+    uneven = np.flatnonzero(np.abs(steps - step) > tolerance)
+    if uneven.size:
+        i = int(uneven[0])
+        return (f"is not evenly spaced: {steps[i]:.2f} mm between slices {i + 1} and {i + 2} (at "
+                f"{along[i]:.2f} and {along[i + 1]:.2f} mm along the normal) where the others are {step:.2f} mm "
+                "apart", geometry)
+    return None
+
+
+def _regular_grid(image: sitk.Image, geometry) -> sitk.Image:
+    """The slices linearly interpolated onto evenly spaced positions (the median spacing, repeated
+    positions averaged), stacked along the image's own slice direction from its first position."""
+    along, corners, normal = geometry
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    sign = 1.0 if direction[:, 2] @ normal >= 0 else -1.0  # image k axis along +normal or -normal
+    positions, index = np.unique(along * sign, return_inverse=True)  # increasing along the k axis
+    array = sitk.GetArrayFromImage(image).astype(np.float64)
+    stacked = np.stack([array[index == k].mean(axis=0) for k in range(positions.size)])
+    step = float(np.median(np.diff(positions)))
+    targets = positions[0] + step * np.arange(int(round((positions[-1] - positions[0]) / step)) + 1)
+    upper = np.clip(np.searchsorted(positions, targets), 1, positions.size - 1)
+    weight = ((targets - positions[upper - 1]) / (positions[upper] - positions[upper - 1]))[:, None, None]
+    regular = stacked[upper - 1] * (1 - weight) + stacked[upper] * weight
+    out = sitk.GetImageFromArray(regular.astype(np.float32))
+    out.SetSpacing((*image.GetSpacing()[:2], step))
+    out.SetDirection(image.GetDirection())
+    out.SetOrigin(tuple(corners[int(np.argmin(along * sign))]))  # the first slice along the k axis
+    return out
 
 
 def _first_line(exc: Exception) -> str:
@@ -157,17 +239,25 @@ def _first_line(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def read_image_with_source(path: str | os.PathLike, series_id: str | None = None) -> tuple[sitk.Image, ImageSource]:
-    """Read a DICOM series folder, a single DICOM file, or a NIfTI / NRRD / MHA file."""
+def read_image_with_source(path: str | os.PathLike, series_id: str | None = None,
+                           allow_irregular: bool = False) -> tuple[sitk.Image, ImageSource]:
+    """Read a DICOM series folder, a single DICOM file, or a NIfTI / NRRD / MHA file.
+
+    The file must hold every voxel its header promises (checked before any voxel is allocated).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input '{path}' does not exist.")
     if path.is_dir():
-        return read_dicom_series(path, series_id)
+        return read_dicom_series(path, series_id, allow_irregular)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"Could not read '{path}': {_first_line(exc)}") from exc
+    check_payload(path, reader)
+    try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"Could not read '{path}': {_first_line(exc)}") from exc
@@ -178,15 +268,17 @@ def read_image_with_source(path: str | os.PathLike, series_id: str | None = None
     return image, source
 
 
-def read_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Image:
-    return read_image_with_source(path, series_id)[0]
+def read_image(path: str | os.PathLike, series_id: str | None = None, allow_irregular: bool = False) -> sitk.Image:
+    return read_image_with_source(path, series_id, allow_irregular)[0]
 
 
 def require_3d(image: sitk.Image, name: str = "image") -> None:
-    """Reject 2D images (and 3D ones that are a single slice) with a clear message."""
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+    """Reject anything but a 3D volume (2D, 4D, a single slice) with a clear message."""
+    dimension = image.GetDimension()
+    if dimension != 3 or min(image.GetSize()) < 2:
+        what = f"{dimension}D" if dimension != 3 else "2D"  # a 3D image with a single slice is a 2D image
         raise InputError(
-            f"The {name} is 2D (size {tuple(image.GetSize())}); a 3D volume with at least 2 slices is needed."
+            f"The {name} is {what} (size {tuple(image.GetSize())}); a 3D volume with at least 2 slices is needed."
         )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"The {name} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed.")
@@ -244,19 +336,157 @@ def current_umask() -> int:
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix_of(path) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path) or ".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
         # mkstemp creates 0600; give the result the permissions a plain open() would have.
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise _write_error(path, exc) from None
         raise
+
+
+# Failures of the disk, not of the program: reported as one line naming the output.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _write_error(path: Path, exc: OSError) -> InputError:
+    reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    return InputError(f"Could not write '{path}': {reason}; nothing was written.")
+
+
+def write_image_file(image: sitk.Image, path: str | os.PathLike, compress: bool = True, shown=None,
+                     level: int = -1) -> None:
+    """Write `image` to `path` (normally atomic_path's temporary file) and check what reached the disk.
+
+    Why: ITK does not raise when the disk fills up (it prints the error and leaves a truncated
+    file). Uncompressed data need their size free first; afterwards the file's header must read
+    back with the image's size and its payload must be complete (ProstateAICore.payload).
+    """
+    path, shown = Path(path), shown or path
+    raw = promised_bytes_of(image)
+    uncompressed = not compress or suffix_of(path) == ".nii"  # .nii is never compressed
+    if uncompressed and shutil.disk_usage(path.parent).free < raw:
+        raise InputError(f"Could not write '{shown}': the disk is full ({raw / 2**20:.0f} MiB needed, "
+                         f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free); nothing was written.")
+    try:
+        with _quiet_stderr():  # ITK prints its own write errors; the one-line InputError says it instead
+            sitk.WriteImage(image, str(path), compress, level)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"Could not write '{shown}': {_first_line(exc)}; nothing was written.") from None
+    if tuple(reader.GetSize()) != tuple(image.GetSize()):
+        raise InputError(f"Could not write '{shown}': the file read back has size {reader.GetSize()}.")
+    try:
+        check_payload(path, reader, str(shown))
+    except InputError:
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise InputError(f"Could not write '{shown}': the file on disk is incomplete ({free:.0f} MiB free: "
+                         "disk full?); nothing was written.") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C-level writes to stderr (file descriptor 2) for the duration of the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def promised_bytes_of(image: sitk.Image) -> int:
+    """Bytes of the image's voxel data."""
+    reader_like = np.dtype(sitk.GetArrayViewFromImage(image).dtype).itemsize
+    return int(np.prod(image.GetSize(), dtype=np.int64)) * image.GetNumberOfComponentsPerPixel() * reader_like
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike):
+    """Yield an empty staging folder beside `out`; on success it becomes `out` as a whole.
+
+    All of a command's files appear together or not at all: an existing `out` is replaced only
+    after every new file is written (and is left intact when the run fails); on any exception,
+    Ctrl-C or SIGTERM included, the staging folder is removed. A run killed outright (SIGKILL) leaves
+    `.OUT.partial-<pid>-*`; the next run removes those whose process is gone.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"Output '{out}' exists and is not a folder.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    except OSError as exc:
+        raise _write_error(out, exc) from None
+    try:
+        yield staging
+        umask = current_umask()
+        for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700; give outputs normal permissions
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        _replace_folder(staging, out)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise _write_error(out, exc) from None
+        raise
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old / out.name, out)  # put the previous results back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove `.OUT.partial-<pid>-*` / `.OUT.old-<pid>-*` folders beside `out` whose process has ended."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(partial|old)-(\d+)-")
+    for sibling in out.parent.iterdir() if out.parent.is_dir() else []:
+        match = pattern.match(sibling.name)
+        if match and sibling.is_dir() and not _process_alive(int(match.group(2))):
+            shutil.rmtree(sibling, ignore_errors=True)
+            removed.append(sibling)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: leave it
+    return True
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
@@ -265,7 +495,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     if suffix_of(path) not in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd"):
         raise InputError(f"Unsupported output format '{path.name}'; use .nii.gz, .nii, .nrrd or .mha.")
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        write_image_file(image, tmp, compress, shown=path)
     return path
 
 
@@ -293,6 +523,26 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
         raise InputError(f"{what} '{path}' is nested too deeply to be a {what}.") from None
     except OSError as exc:
         raise InputError(f"Could not read {what} '{path}': {exc.strerror or exc}.") from None
+
+
+def write_all(outputs) -> list[Path]:
+    """Write several outputs together: all of them, or none (earlier versions left intact).
+
+    `outputs` holds (what, path) pairs; `what` is a sitk.Image (checked write, compressed), text, or a
+    callable that writes to the temporary path it is given (a transform, a PNG...). Every output is
+    first written to a temporary file beside its target; they are moved into place only once all
+    were written, and all removed if any failed (or on Ctrl-C / SIGTERM).
+    """
+    with contextlib.ExitStack() as stack:
+        for what, path in outputs:
+            tmp = stack.enter_context(atomic_path(path))
+            if isinstance(what, sitk.Image):
+                write_image_file(what, tmp, shown=path)
+            elif callable(what):
+                what(tmp)
+            else:
+                Path(tmp).write_text(str(what))
+    return [Path(path) for _, path in outputs]
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:

@@ -49,8 +49,17 @@ def scaled(progress: ProgressFn | None, start: float, stop: float) -> ProgressFn
 
 
 def observe_filter(sitk_filter: sitk.ProcessObject, progress: ProgressFn | None, message: str) -> None:
-    """Forward a SimpleITK filter's own progress events to `progress`."""
-    if progress is not None:
-        sitk_filter.AddCommand(
-            sitk.sitkProgressEvent, lambda: progress(sitk_filter.GetProgress(), message)
-        )
+    """Forward a SimpleITK filter's own progress events to `progress`.
+
+    The callback is installed even without `progress`: a Python callback is where Ctrl-C / SIGTERM
+    reach a long filter (ProstateAICore.commands turns them into "cancelled"); without one the
+    signal waits until the filter has finished.
+    """
+    if progress is None:
+        sitk_filter.AddCommand(sitk.sitkProgressEvent, _signal_point)
+    else:
+        sitk_filter.AddCommand(sitk.sitkProgressEvent, lambda: progress(sitk_filter.GetProgress(), message))
+
+
+def _signal_point() -> None:
+    """Does nothing: Python handles pending signals when C++ calls back into it."""

@@ -8,9 +8,8 @@ output file behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -38,23 +37,6 @@ def check_image_output(path: str | None, option: str = "OUT") -> None:
         raise InputError(f"{option} '{path}': unsupported image format; use .nii.gz, .nii, .nrrd or .mha.")
 
 
-def write_all(outputs: list[tuple[object, str]]) -> None:
-    """Write (image or text, path) pairs; if one fails, remove those this call already wrote."""
-    written: list[Path] = []
-    try:
-        for item, path in outputs:
-            if isinstance(item, sitk.Image):
-                imageio.write_image(item, path)
-            else:
-                imageio.write_text(str(item), path)
-            written.append(Path(path))
-    except BaseException:
-        for path in written:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        raise
-
-
 def report(message: str) -> None:
     print(message, flush=True)
 
@@ -68,13 +50,15 @@ def add_n4(subparsers) -> None:
     p.add_argument("output", metavar="OUT", help="corrected image (float32), e.g. t2_n4.nii.gz")
     p.add_argument("--quality", choices=("preview", "full"), default="full",
                    help="preset: preview (shrink 4, few iterations) or full (shrink 2); default full")
-    p.add_argument("--shrink", type=int, help="shrink factor (overrides the preset)")
+    p.add_argument("--shrink", type=commands.bounded_int(1, 16, "shrink factor"), help="shrink factor (overrides the preset)")
     p.add_argument("--mask", help="foreground label map on the image grid (default: Otsu)")
     p.add_argument("--field", help="also write the bias field (float32) here")
-    p.add_argument("--iterations", type=int, nargs="+", metavar="N", help="iterations per fitting level, e.g. 50 50 30")
-    p.add_argument("--convergence", type=float, help="convergence threshold (overrides the preset)")
-    p.add_argument("--spline-distance", type=float, metavar="MM", help="B-spline control point distance in mm")
+    p.add_argument("--iterations", type=commands.bounded_int(1, 10000, "iterations"), nargs="+", metavar="N",
+                   help="iterations per fitting level, e.g. 50 50 30")
+    p.add_argument("--convergence", type=commands.positive_float, help="convergence threshold (overrides the preset)")
+    p.add_argument("--spline-distance", type=commands.positive_float, metavar="MM", help="B-spline control point distance in mm")
     p.set_defaults(func=run_n4)
+    commands.declare_paths(p, inputs=["input", "mask"], outputs=["output", "field"])
 
 
 def run_n4(args) -> int:
@@ -89,7 +73,7 @@ def run_n4(args) -> int:
         convergence_threshold=args.convergence, spline_distance_mm=args.spline_distance,
     )
     outputs = [(result.corrected, args.output)] + ([(result.bias_field, args.field)] if args.field else [])
-    write_all(outputs)
+    imageio.write_all(outputs)
     report(f"N4 ({args.quality}, shrink {list(result.shrink_factors)}): {result.seconds:.1f} s, "
            f"iterations per level {result.iterations} -> {args.output}")
     return 0
@@ -107,14 +91,15 @@ def add_nyul(subparsers) -> None:
     fit.add_argument("--masks", nargs="+", help="foreground masks, one per image (default: voxels > 0)")
     fit.add_argument("--model", required=True, help="output model, JSON")
     fit.add_argument("--histogram", metavar="PNG", help="also plot foreground histograms before/after")
-    fit.add_argument("--output-range", type=float, nargs=2, default=(1.0, 100.0), metavar=("MIN", "MAX"))
-    fit.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
+    fit.add_argument("--output-range", type=commands.finite_float, nargs=2, default=(1.0, 100.0), metavar=("MIN", "MAX"))
+    fit.add_argument("--percentiles", type=commands.bounded_float(0, 100, "percentile"), nargs=2, default=(1.0, 99.0), metavar=("LOW", "HIGH"),
                      help="tail cut-off percentiles (the end landmarks)")
     fit.add_argument("--foreground", choices=("positive", "above-mean", "all"), default="positive",
                      help="foreground without masks (default: voxels > 0, as intensity-normalization)")
     fit.add_argument("--shift-positive", action="store_true", help="shift images with negative values to min 0 first")
     fit.add_argument("--cut-tails", action="store_true", help="clamp applied output to the standard range")
     fit.set_defaults(func=run_nyul_fit)
+    commands.declare_paths(fit, inputs=["images", "masks"], outputs=["model", "histogram"])
 
     apply = sub.add_parser("apply", help="standardise a volume with a fitted model")
     apply.add_argument("input", metavar="IN")
@@ -122,6 +107,7 @@ def add_nyul(subparsers) -> None:
     apply.add_argument("--model", required=True, help="model JSON from `nyul fit`")
     apply.add_argument("--mask", help="foreground mask on the image grid")
     apply.set_defaults(func=run_nyul_apply)
+    commands.declare_paths(apply, inputs=["input", "mask", "model"], outputs=["output"])
 
 
 def run_nyul_fit(args) -> int:
@@ -135,11 +121,13 @@ def run_nyul_fit(args) -> int:
     images = [read(path) for path in args.images]
     masks = [read(path, "mask") for path in args.masks] if args.masks else None
     model = nyul.fit(images, masks, config, progress=args.progress_fn)
+    outputs = [(model.to_json(), args.model)]  # JSON, never pickle: a model file must not run code
     if args.histogram:
         after = [nyul.apply(img, model, masks[i] if masks else None) for i, img in enumerate(images)]
         labels = [Path(p).name.split(".")[0] for p in args.images]
-        nyul.save_histograms_png(images, after, args.histogram, model.standard_landmarks, masks, labels, config)
-    nyul.save_model(model, args.model)
+        outputs.append((lambda tmp: nyul.save_histograms_png(images, after, tmp, model.standard_landmarks, masks,
+                                                             labels, config), args.histogram))
+    imageio.write_all(outputs)  # the model and its plot together, or neither
     report(f"Nyul model from {len(images)} volumes -> {args.model}; standard landmarks "
            f"{[round(v, 2) for v in model.standard_landmarks]}")
     return 0
@@ -151,7 +139,7 @@ def run_nyul_apply(args) -> int:
     check_image_output(args.output)
     model = nyul.load_model(args.model)
     out = nyul.apply(read(args.input), model, read(args.mask, "mask"))
-    write_all([(out, args.output)])
+    imageio.write_all([(out, args.output)])
     report(f"Nyul standardised -> {args.output}")
     return 0
 
@@ -165,8 +153,8 @@ def add_normalize(subparsers) -> None:
     p.add_argument("output", metavar="OUT")
     p.add_argument("--method", choices=("percentile", "zscore"), default="percentile")
     p.add_argument("--mask", help="statistics only inside this mask (image level)")
-    p.add_argument("--low", type=float, default=1.0, help="low percentile (default 1)")
-    p.add_argument("--high", type=float, default=99.0, help="high percentile (default 99)")
+    p.add_argument("--low", type=commands.bounded_float(0, 100, "percentile"), default=1.0, help="low percentile (default 1)")
+    p.add_argument("--high", type=commands.bounded_float(0, 100, "percentile"), default=99.0, help="high percentile (default 99)")
     p.add_argument("--fit-images", nargs="+", metavar="IMG",
                    help="pool statistics over these volumes instead of IN (patient / dataset level)")
     p.add_argument("--fit-masks", nargs="+", metavar="MASK", help="masks for --fit-images, one per image")
@@ -175,6 +163,8 @@ def add_normalize(subparsers) -> None:
     p.add_argument("--shift-positive", action="store_true", help="shift images with negative values to min 0 first")
     p.add_argument("--cut-tails", action="store_true", help="clip to [p_low, p_high] before scaling")
     p.set_defaults(func=run_normalize)
+    commands.declare_paths(p, inputs=["input", "mask", "fit_images", "fit_masks", "stats_in"],
+                           outputs=["output", "stats_out"])
 
 
 def run_normalize(args) -> int:
@@ -189,7 +179,7 @@ def run_normalize(args) -> int:
     outputs = [(out, args.output)]
     if args.stats_out:
         outputs.append((norm.stats_json(stats), args.stats_out))
-    write_all(outputs)
+    imageio.write_all(outputs)
     offset, divisor = stats.scale
     report(f"{stats.method} normalisation: (I - {offset:.4g}) / {divisor:.4g} from {stats.n_images} volume(s) -> {args.output}")
     return 0
@@ -218,15 +208,18 @@ def add_denoise(subparsers) -> None:
     p.add_argument("--method", choices=("patch", "smooth"), default="smooth",
                    help="patch: patch-based (slow, minutes); smooth: anisotropic diffusion (seconds)")
     p.add_argument("--noise-model", choices=("gaussian", "rician", "none"), default="rician")
-    p.add_argument("--kernel-sigma", type=float, help="patch kernel bandwidth (default: estimated)")
-    p.add_argument("--patch-radius", type=int, default=2)
-    p.add_argument("--iterations", type=int, help="patch: denoising iterations (1); smooth: diffusion steps (5)")
-    p.add_argument("--sample-patches", type=int, default=100)
-    p.add_argument("--fidelity-weight", type=float, default=0.1, help="weight of the noise model (patch)")
+    p.add_argument("--kernel-sigma", type=commands.positive_float, help="patch kernel bandwidth (default: estimated)")
+    p.add_argument("--patch-radius", type=commands.bounded_int(1, 10, "patch radius"), default=2)
+    p.add_argument("--iterations", type=commands.bounded_int(1, 1000, "iterations"),
+                   help="patch: denoising iterations (1); smooth: diffusion steps (5)")
+    p.add_argument("--sample-patches", type=commands.bounded_int(1, 10000, "sample patches"), default=100)
+    p.add_argument("--fidelity-weight", type=commands.bounded_float(0, 1, "fidelity weight"), default=0.1,
+                   help="weight of the noise model (patch)")
     p.add_argument("--smoother", choices=("anisotropic", "gaussian"), default="anisotropic")
-    p.add_argument("--conductance", type=float, default=1.0, help="anisotropic diffusion conductance")
-    p.add_argument("--sigma-mm", type=float, help="Gaussian sigma in mm (default: smallest spacing)")
+    p.add_argument("--conductance", type=commands.positive_float, default=1.0, help="anisotropic diffusion conductance")
+    p.add_argument("--sigma-mm", type=commands.positive_float, help="Gaussian sigma in mm (default: smallest spacing)")
     p.set_defaults(func=run_denoise)
+    commands.declare_paths(p, inputs=["input"], outputs=["output"])
 
 
 def run_denoise(args) -> int:
@@ -241,7 +234,7 @@ def run_denoise(args) -> int:
     else:
         result = denoise.smooth(image, args.smoother, args.iterations or 5, args.conductance, args.sigma_mm,
                                 progress=args.progress_fn)
-    write_all([(result.image, args.output)])
+    imageio.write_all([(result.image, args.output)])
     report(f"denoise ({result.method}) {result.seconds:.1f} s -> {args.output}")
     return 0
 
@@ -251,6 +244,8 @@ def run_denoise(args) -> int:
 
 def _register_registration(subparsers) -> None:
     """`prostateai register FIXED MOVING OUT`: ADC / high-b DWI -> T2 (MRStandardizeLib.registration)."""
+    import argparse
+
     p = subparsers.add_parser("register", help="register ADC / high-b DWI onto T2 (rigid, affine or + BSpline)")
     p.add_argument("fixed", metavar="FIXED", help="fixed image (T2): DICOM folder or NIfTI/NRRD/MHA")
     p.add_argument("moving", metavar="MOVING", help="moving image (ADC or high-b DWI)")
@@ -258,14 +253,14 @@ def _register_registration(subparsers) -> None:
     p.add_argument("--transform", choices=("rigid", "affine", "bspline"), default="rigid")
     p.add_argument("--metric-on", choices=("intensity", "gradient"), default="intensity",
                    help="Mattes MI on the intensities or on the gradient-magnitude images")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts (the paper uses 50); default 1")
-    p.add_argument("--seed", type=int, default=0, help="seed for restarts and metric sampling (reproducible)")
+    p.add_argument("--restarts", type=commands.bounded_int(1, 1000, "restarts"), default=1, help="random restarts (the paper uses 50); default 1")
+    p.add_argument("--seed", type=commands.non_negative_int, default=0, help="seed for restarts and metric sampling (reproducible)")
     p.add_argument("--fixed-mask", metavar="M", help="restrict the metric to this mask (fixed grid)")
     p.add_argument("--selection-mask", metavar="M",
                    help="gland/zone label map (fixed grid): picks the best restart by gradient correlation")
-    p.add_argument("--iterations", type=int, default=100, help="iterations per level and stage (default 100)")
-    p.add_argument("--sampling-percentage", type=float, default=0.5, help="metric sampling fraction (default 0.5)")
-    p.add_argument("--mesh-size", type=int, nargs=3, default=(4, 4, 2), metavar=("X", "Y", "Z"))
+    p.add_argument("--iterations", type=commands.bounded_int(1, 100000, "iterations"), default=100, help="iterations per level and stage (default 100)")
+    p.add_argument("--sampling-percentage", type=commands.bounded_float(1e-4, 1.0, "sampling fraction"), default=0.5, help="metric sampling fraction (default 0.5)")
+    p.add_argument("--mesh-size", type=commands.bounded_int(1, 64, "mesh size"), nargs=3, default=(4, 4, 2), metavar=("X", "Y", "Z"))
     p.add_argument("--init", choices=("scanner", "geometry", "moments"), default="scanner",
                    help="start: scanner coordinates (default), image centres or centres of mass")
     p.add_argument("--save-transform", metavar="T.tfm", help="write the transform (.tfm, .h5, .txt, .mat)")
@@ -274,8 +269,13 @@ def _register_registration(subparsers) -> None:
     p.add_argument("--also", nargs=2, action="append", metavar=("IN", "OUT"),
                    help="resample another image of MOVING's acquisition (e.g. the high-b DWI) with the same "
                         "transform; repeatable")
+    p.add_argument("--keep-initial-if-worse", action=argparse.BooleanOptionalAction, default=True,
+                   help="if registering lowers the gradient correlation, output the scanner alignment (identity) "
+                        "instead (default); either way a warning is printed")
 
     p.set_defaults(func=run_register)
+    commands.declare_paths(p, inputs=["fixed", "moving", "fixed_mask", "selection_mask", "also.0"],
+                           outputs=["output", "save_transform", "check_png", "report", "also.1"])
 
 
 def _require_suffix(path: str | None, suffixes: Sequence[str], option: str) -> None:
@@ -307,34 +307,34 @@ def run_register(args) -> int:
         restarts=args.restarts, seed=args.seed, mesh_size=tuple(args.mesh_size), selection_mask=selection_mask,
         sampling_percentage=args.sampling_percentage, iterations=args.iterations, init=args.init,
         progress=getattr(args, "progress_fn", None),
+        keep_initial_if_worse=getattr(args, "keep_initial_if_worse", True),
     )
     summary = result.to_dict()
     summary.update(fixed=str(args.fixed), moving=str(args.moving), output=str(args.output),
                    transform_file=args.save_transform, check_png=args.check_png,
                    also=[{"input": str(path), "output": str(out)} for path, out in also])
-    # Every output goes to a temporary file first; they are all moved into place together at the
-    # end, and all removed if any of them fails.
-    with contextlib.ExitStack() as stack:
-        tmp_image = stack.enter_context(imageio.atomic_path(args.output))
-        sitk.WriteImage(result.resampled, str(tmp_image), useCompression=True)
-        if args.save_transform:
-            sitk.WriteTransform(result.transform, str(stack.enter_context(imageio.atomic_path(args.save_transform))))
-        if args.check_png:
-            png = stack.enter_context(imageio.atomic_path(args.check_png))
-            shown_mask = selection_mask if selection_mask is not None else fixed_mask
-            save_check_png(fixed, moving, result.resampled, png, mask=shown_mask,
-                           title=f"{Path(args.moving).name} → {Path(args.fixed).name}: {args.transform}")
-        for (_, out), image in zip(also, also_images):
-            # Same acquisition and grid as MOVING (e.g. the high-b DWI next to the ADC): same transform.
-            sitk.WriteImage(resample_onto(fixed, image, result.transform), str(stack.enter_context(imageio.atomic_path(out))),
-                            useCompression=True)
-        if args.report:
-            stack.enter_context(imageio.atomic_path(args.report)).write_text(json.dumps(summary, indent=2))
+    # All outputs together or none (imageio.write_all): the image, then whatever else was asked for.
+    outputs = [(result.resampled, args.output)]
+    if args.save_transform:
+        outputs.append((lambda tmp: sitk.WriteTransform(result.transform, str(tmp)), args.save_transform))
+    if args.check_png:
+        shown_mask = selection_mask if selection_mask is not None else fixed_mask
+        title = f"{Path(args.moving).name} → {Path(args.fixed).name}: {args.transform}"
+        outputs.append((lambda tmp: save_check_png(fixed, moving, result.resampled, tmp, mask=shown_mask, title=title),
+                        args.check_png))
+    # Same acquisition and grid as MOVING (e.g. the high-b DWI next to the ADC): same transform.
+    outputs += [(resample_onto(fixed, image, result.transform), out) for (_, out), image in zip(also, also_images)]
+    if args.report:
+        outputs.append((json.dumps(summary, indent=2), args.report))
+    imageio.write_all(outputs)
+    if result.warning:
+        print(f"prostateai register: warning: {result.warning}", file=sys.stderr, flush=True)
     print(
         f"register ({args.transform}, {args.metric_on}, {args.restarts} restart(s), seed {args.seed}): "
         f"{result.seconds:.1f} s; gradient correlation {result.gradient_correlation_before:.3f} -> "
-        f"{result.gradient_correlation_after:.3f}; metric {result.metric_before:.4f} -> {result.metric_after:.4f} "
-        f"-> {args.output}",
+        f"{result.gradient_correlation_after:.3f}"
+        f"{' (kept the scanner alignment)' if result.kept_initial else ''}; "
+        f"metric {result.metric_before:.4f} -> {result.metric_after:.4f} -> {args.output}",
         flush=True,
     )
     return 0

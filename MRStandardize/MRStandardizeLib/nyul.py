@@ -304,13 +304,14 @@ def save_histograms_png(
     config: NyulConfig | None = None,
 ) -> Path:
     """Two panels (raw / standardised), one curve per volume; `landmarks` drawn as dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure + Agg canvas, not pyplot: no global backend state (safe inside Slicer's Qt process).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     config = config or NyulConfig()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     panels = ((axes[0], images_before, "before (raw intensities)"), (axes[1], images_after, "after Nyul standardisation"))
     for ax, images, title in panels:
         for i, (centres, density) in enumerate(histograms(images, masks, config)):
@@ -327,5 +328,4 @@ def save_histograms_png(
     fig.tight_layout()
     with imageio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return Path(path)

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     _register_train(subparsers)
     _register_calibrate(subparsers)
     _register_evaluate(subparsers)
+    _register_evaluate_lesions(subparsers)
+    _register_export(subparsers)
 
 
 # ---------------------------------------------------------------- segment
@@ -30,32 +32,66 @@ def register(subparsers) -> None:
 def _register_segment(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="segment prostate gland and zones (PZ/TZ) on a T2 MRI",
-        description="Whole gland, then transition zone (T2 + gland mask), PZ = gland - TZ. Inputs are DICOM "
-                    "series folders or NIfTI/NRRD/MHA files; ADC/HBV on other grids are resampled onto the T2. "
+        description="Whole gland, then transition zone (T2 + gland mask), PZ = gland - TZ. Inputs are a DICOM "
+                    "study folder (--study: the axial T2, ADC and highest-b DWI are chosen from it and the choice "
+                    "is printed), or DICOM series folders or NIfTI/NRRD/MHA files; ADC/HBV on other grids are "
+                    "resampled onto the T2. Inputs from different patients or studies are refused. "
                     "Writes OUT/prostate.nii.gz, zones.nii.gz (1 = PZ, 2 = TZ), probabilities/*.nii.gz, "
                     "segmentation.seg.nrrd and report.json, all on the T2 grid.",
     )
-    p.add_argument("--t2", required=True, help="axial T2: DICOM folder or image file")
-    p.add_argument("--adc", help="ADC map (optional)")
-    p.add_argument("--hbv", help="high-b-value DWI (optional)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--study", metavar="DIR",
+                        help="DICOM study folder as exported from PACS or copied from a CD (nested or flat, any "
+                             "file names, extra series): the series are classified from their headers and chosen")
+    source.add_argument("--t2", help="axial T2: DICOM folder or image file")
+    p.add_argument("--adc", help="ADC map (optional; with --t2)")
+    p.add_argument("--hbv", help="high-b-value DWI (optional; with --t2)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="segment inputs from different patients (PatientID) or studies (StudyInstanceUID) "
+                        "anyway (else refused); the report notes it")
+    p.add_argument("--psa", type=commands.positive_float, default=None, metavar="NG_PER_ML",
+                   help="serum PSA in ng/mL: the report gets the PSA density (PSA / prostate volume in mL)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="gland model: catalog name or model .pt file (default: catalog's)")
     p.add_argument("--zones-model", default=None, help="zone model: catalog name or .pt file (default: catalog's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-tta", action="store_true", help="skip flip test-time augmentation (about 2x faster)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--threads", type=commands.bounded_int(1, 256, "threads"), default=None,
+                   help="CPU threads for torch (default: torch's)")
+    p.add_argument("--allow-irregular", action="store_true",
+                   help="resample a DICOM series with missing/uneven slices onto a regular grid (else refused)")
     p.set_defaults(func=_segment)
+    commands.declare_paths(p, inputs=["study", "t2", "adc", "hbv", "model", "zones_model"], output_dirs=["out"])
 
 
 def _segment(args) -> int:
     from . import pipeline
 
+    study = None
+    if args.study is not None:
+        from ProstateAICore.errors import InputError
+
+        from . import study as studies
+
+        if args.adc or args.hbv:
+            raise InputError("--adc/--hbv go with --t2; with --study the ADC and DWI are chosen from the folder.")
+        study = studies.select_series(args.study)
+        studies.check_same_patient(study.identities(), args.allow_mismatch)  # refuse before printing the choice
+        for line in study.lines():
+            print(line, flush=True)
     report = pipeline.run(args.t2, args.out, adc=args.adc, hbv=args.hbv, gland_model=args.model,
                           zones_model=args.zones_model, device=args.device, tta=not args.no_tta,
-                          progress=args.progress_fn, threads=args.threads)
+                          progress=args.progress_fn, threads=args.threads, allow_irregular=args.allow_irregular,
+                          study=study, allow_mismatch=args.allow_mismatch, psa=args.psa)
     v = report["volumes_ml"]
-    print(f"prostate {v['prostate']:.1f} mL (PZ {v['PZ']:.1f}, TZ {v['TZ']:.1f}) in "
+    density = ""
+    if "psa_density_ng_ml2" in report:
+        density = f", PSA {report['psa_ng_ml']:g} ng/mL -> density {report['psa_density_ng_ml2']:.3f} ng/mL/mL"
+    print(f"prostate {v['prostate']:.1f} mL (PZ {v['PZ']:.1f}, TZ {v['TZ']:.1f}){density} in "
           f"{report['timings_s']['total']:.1f} s -> {args.out}")
+    for note in report.get("notes", []):
+        if "--allow-mismatch" in note:
+            print(f"note: {note}")
     return 0
 
 
@@ -70,7 +106,8 @@ def _register_train(subparsers) -> None:
     )
     p.add_argument("--data", required=True, help="dataset folder or JSON list")
     p.add_argument("--out", required=True, help="run folder (checkpoints, model.pt, history.csv, learning_curve.png)")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default 40; with --resume: the run's own count, or more to extend it)")
     p.add_argument("--iterations", type=int, default=150, help="iterations per epoch")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--patch", default="16,80,80", help="patch size z,y,x in working-grid voxels")
@@ -101,24 +138,56 @@ def _register_train(subparsers) -> None:
     p.set_defaults(func=_train)
 
 
+def _train_numbers(args) -> tuple[tuple, dict, dict]:
+    """--patch, --features and --label-map parsed, and the counts checked: a typo is one clear line
+    (exit 2), not a traceback from deep inside the training loop."""
+    from ProstateAICore.errors import InputError
+
+    for name in ("epochs", "iterations", "batch", "val_every", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if not (args.lr > 0 and 0 <= args.val_fraction < 1 and 0 <= args.val_overlap < 1):
+        raise InputError("--lr must be > 0, and --val-fraction and --val-overlap between 0 and 1 (1 excluded).")
+    try:
+        patch = _triple(args.patch, int)
+        if min(patch) < 1:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--patch must be three positive whole numbers z,y,x (e.g. 16,80,80), got '{args.patch}'.") from None
+    net = {}
+    if args.features:
+        try:
+            net["features"] = [int(v) for v in args.features.split(",")]
+            if min(net["features"]) < 1:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--features must be positive whole numbers, e.g. 16,32,64,96,128, got '{args.features}'.") from None
+    label_map = {}
+    if args.label_map:
+        try:
+            label_map = {int(a): int(b) for a, b in (item.split("=") for item in args.label_map.split(","))}
+        except ValueError:
+            raise InputError(f"--label-map must be OLD=NEW integer pairs, e.g. 1=0,2=1, got '{args.label_map}'.") from None
+    return patch, net, label_map
+
+
 def _train(args) -> int:
     from . import train
 
     if args.tune_only:
         train.finalize_run(args.out, args.data, args.threads or 2, log=lambda m: print(m, flush=True))
         return 0
-    net = {}
-    if args.features:
-        net["features"] = [int(v) for v in args.features.split(",")]
+    patch, net, label_map = _train_numbers(args)
+    # --resume keeps the checkpoint's epoch count unless --epochs raises it (run_training takes the larger).
+    epochs = args.epochs if args.epochs is not None else (1 if args.resume else 40)
     cfg = train.TrainConfig(
-        data=args.data, out=args.out, epochs=args.epochs, iterations=args.iterations, batch=args.batch,
-        patch=_triple(args.patch, int), lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
+        data=args.data, out=args.out, epochs=epochs, iterations=args.iterations, batch=args.batch,
+        patch=patch, lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
         max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init, ema=args.ema,
         channels=tuple(c.strip() for c in args.channels.split(",")),
         labels=tuple(c.strip() for c in args.labels.split(",")),
-        label_map={int(a): int(b) for a, b in (item.split("=") for item in args.label_map.split(","))}
-        if args.label_map else {},
+        label_map=label_map,
         **({"task": args.task} if args.task else {}),
         command=" ".join(shlex.quote(a) for a in ["prostateai"] + sys.argv[1:]),
     )
@@ -147,6 +216,7 @@ def _register_calibrate(subparsers) -> None:
     p.add_argument("--reference-mm", default=None,
                    help="typical gland size 'INPLANE,CC' in mm (default: dataset.GLAND_REFERENCE_MM)")
     p.set_defaults(func=_calibrate)
+    commands.declare_paths(p, inputs=["data", "split_from"], outputs=["out"])
 
 
 def _reference_mm(text: str) -> tuple[float, float]:
@@ -209,16 +279,115 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--truth-dir", help="folder of reference masks")
     p.add_argument("--list", help="CSV with columns pred,truth and optionally case")
     p.add_argument("--labels", nargs="+", default=None,
-                   help="labels to score, as VALUE or VALUE=name (default: every non-zero value present)")
-    p.add_argument("--json", help="write the results as JSON here")
-    p.add_argument("--csv", help="cohort mode: per-case CSV (default: next to --json, or evaluation.csv)")
+                   help="labels to score, as VALUE or VALUE=name, space- or comma-separated (e.g. 1,2 or 1=PZ 2=TZ; "
+                        "default: every non-zero value present, at most 255 distinct values)")
+    p.add_argument("--json", help="write the results as JSON here (never over an input)")
+    p.add_argument("--csv", help="cohort mode: per-case CSV (default: next to --json, or evaluation.csv; "
+                                 "never over an input)")
     p.set_defaults(func=_evaluate)
+    # The runner refuses these when one is another; the default CSV and the masks named inside --list or
+    # the folders are only known at run time, so metrics.evaluate_command checks those.
+    commands.declare_paths(p, inputs=["pred", "truth", "pred_dir", "truth_dir", "list"], outputs=["json", "csv"])
 
 
 def _evaluate(args) -> int:
     from . import metrics
 
     return metrics.evaluate_command(args)
+
+
+# ---------------------------------------------------------------- evaluate-lesions
+
+def _register_evaluate_lesions(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate-lesions", help="lesion detection metrics (PI-CAI: AUROC, AP, ranking score, FROC)",
+        description="Score lesion detection maps against lesion masks with the PI-CAI protocol. --pred-dir holds "
+                    "detection maps (float, [0, 1]: each candidate a connected region filled with its likelihood, 0 "
+                    "elsewhere), --truth-dir lesion masks (whole numbers, lesion voxels > 0, e.g. ISUP grades), "
+                    "paired by file name without .nii.gz/.nii/.mha/.nrrd. A candidate hits a lesion at IoU >= 0.1 "
+                    "(--matching iou, PI-CAI) or at a centroid distance < 15 mm (--matching distance, score "
+                    "p + 2(1 - d/15)). Reports patient-level AUROC (case score = maximum of the map), lesion-level "
+                    "AP, ranking score (AUROC + AP)/2 and FROC sensitivity at 0.5, 1 and 2 false positives per case.",
+    )
+    p.add_argument("--pred-dir", required=True, help="folder of detection maps")
+    p.add_argument("--truth-dir", required=True, help="folder of lesion masks")
+    p.add_argument("--json", help="write the metrics (and per-case results) as JSON here (never over an input)")
+    p.add_argument("--csv", help="write one row per case here (never over an input)")
+    p.add_argument("--matching", choices=["iou", "distance"], default="iou",
+                   help="iou: PI-CAI (IoU >= 0.1, default); distance: centroids < 15 mm apart (Pellicer-Valero 2022)")
+    p.set_defaults(func=_evaluate_lesions)
+    # The files inside the folders are only known at run time: lesion_metrics checks those.
+    commands.declare_paths(p, inputs=["pred_dir", "truth_dir"], outputs=["json", "csv"])
+
+
+def _evaluate_lesions(args) -> int:
+    from . import lesion_metrics
+
+    return lesion_metrics.evaluate_lesions_command(args)
+
+
+# ---------------------------------------------------------------- export
+
+def _register_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a segmentation as DICOM SEG, Slicer .seg.nrrd or NIfTI label maps",
+        description="SEG is a .seg.nrrd (written by `segment` or saved by Slicer after review) or a label map "
+                    "(.nii.gz, .nrrd, .mha) with its JSON label table (X.json beside X.nii.gz, as --format nifti "
+                    "writes) or --labels. Segments are put onto the T2's exact voxel grid. dicom-seg references the "
+                    "T2's DICOM files (--t2 must be its DICOM folder), with SNOMED CT codes, the model of each AI "
+                    "segment (from --report) and MANUAL for --corrected segments. nifti writes one label map per "
+                    "non-overlapping layer (OUT = the gland, OUT-stem.layer1.nii.gz = the zones) and OUT-stem.json.",
+    )
+    p.add_argument("seg", metavar="SEG", help="segmentation: .seg.nrrd, or a label map (+ label table)")
+    p.add_argument("--t2", required=True, help="the T2 the segmentation belongs to: DICOM folder (needed for "
+                                               "dicom-seg) or image file")
+    p.add_argument("--format", required=True, choices=["dicom-seg", "seg.nrrd", "nifti"])
+    p.add_argument("--out", required=True, help="output file: X.dcm, X.seg.nrrd or X.nii.gz")
+    p.add_argument("--labels", nargs="+", default=None, metavar="VALUE=NAME",
+                   help="names of a bare label map's values, e.g. 1=PZ 2=TZ (Prostate, PZ, TZ get their SNOMED codes)")
+    p.add_argument("--label-table", default=None, help="JSON label table of a label-map SEG (default: X.json beside X)")
+    p.add_argument("--report", default=None,
+                   help="report.json of the `segment` run that made SEG: the models named in a DICOM SEG "
+                        "(default: report.json beside SEG, when there is one)")
+    p.add_argument("--corrected", nargs="+", default=[], metavar="NAME",
+                   help="segments a person corrected, e.g. --corrected PZ (DICOM SEG: algorithm type MANUAL)")
+    p.set_defaults(func=_export)
+    commands.declare_paths(p, inputs=["seg", "t2", "label_table", "report"], outputs=["out"])
+
+
+def _export(args) -> int:
+    import os
+    from pathlib import Path
+
+    from ProstateAICore.errors import InputError
+    from ProstateAICore.imageio import read_json
+
+    from . import export, metrics
+
+    loaded = export.read_segments(args.seg, metrics.parse_labels(args.labels), args.label_table)
+    algorithms = dict(loaded.algorithms)
+    report = Path(args.report) if args.report else Path(args.seg).parent / "report.json"
+    if args.report or report.is_file():
+        found = export.algorithms_from_report(read_json(report, "report"))
+        algorithms = {**algorithms, **found} if args.report else {**found, **algorithms}
+    names = {segment.name.lower(): segment.name for segment in loaded.segments}
+    corrected = set(loaded.corrected)
+    for name in (part.strip() for item in args.corrected for part in item.split(",") if part.strip()):
+        corrected.add(names.get(name.lower(), name))  # an unknown name is refused by export_segmentation
+    # Files written beside OUT (nifti: more label maps and the table) must not be inputs either.
+    outputs = [Path(args.out)]
+    if args.format == "nifti":
+        outputs = export.label_map_paths(args.out, len(loaded.segments)) + [export.table_path(args.out)]
+    inputs = [p for p in (args.seg, args.t2, args.label_table, report) if p]
+    for out in outputs:
+        for source in inputs:
+            if os.path.realpath(out) == os.path.realpath(source) or (
+                    out.exists() and Path(source).exists() and os.path.samefile(out, source)):
+                raise InputError(f"The output '{out}' is the input '{source}'; choose another --out.")
+    written = export.export_segmentation(loaded.segments, args.t2, args.format, args.out, algorithms, corrected)
+    print(f"{len(loaded.segments)} segment(s) ({', '.join(s.name for s in loaded.segments)}) -> "
+          + ", ".join(str(p) for p in written))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

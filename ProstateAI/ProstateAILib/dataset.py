@@ -4,7 +4,7 @@ in-memory preprocessed cases, and the augmenting foreground-balanced patch sampl
 Dataset descriptions accepted by `discover_cases`:
 - a folder of PROMISE12-style pairs `<case>_t2.nii.gz` + `<case>_prostate.nii.gz`;
 - an nnU-Net / MSD raw folder: `imagesTr/<case>_0000.nii.gz` (+ `_0001`... extra channels) and
-  `labelsTr/<case>.nii.gz`;
+  `labelsTr/<case>.nii.gz` (or `<case>.seg.nrrd`, e.g. a corrected Slicer segmentation);
 - a JSON file: `[{"image": path or [paths], "label": path, "group": optional, "name": optional,
   "spacing": optional [x, y, z] mm}]` (relative paths are relative to the JSON file), or an MSD-style
   `{"training": [...]}`. "spacing" replaces the files' voxel size for data whose header spacing is
@@ -24,10 +24,11 @@ import SimpleITK as sitk
 import torch
 from torch.nn import functional as F
 
-from . import preprocess
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import require_same_grid
 from ProstateAICore.imageio import read_image, read_json, suffix_of
+
+from . import preprocess, segfile
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Case:
     label: str | None
     group: str | None = None
     spacing: tuple[float, float, float] | None = None  # overrides the files' voxel size (nominal-spacing data)
+    segments: dict[str, int] | None = None  # .seg.nrrd label: segment name -> label value (default Prostate=1)
 
 
 @dataclass
@@ -76,7 +78,8 @@ def _from_nnunet(folder: Path) -> list[Case]:
             channels[match.group(1)][int(match.group(2))] = str(image)
     cases = []
     for name, chans in sorted(channels.items()):
-        label = next(iter(sorted((folder / "labelsTr").glob(f"{name}.nii*"))), None)
+        labels = sorted((folder / "labelsTr").glob(f"{name}.nii*")) + sorted((folder / "labelsTr").glob(f"{name}.seg.nrrd"))
+        label = next(iter(labels), None)  # a .seg.nrrd (a corrected segmentation) counts as a label too
         if label is None:
             continue
         if sorted(chans) != list(range(len(chans))):
@@ -98,8 +101,31 @@ def _from_json(path: Path) -> list[Case]:
         label = entry["label"]
         label = str((path.parent / label).resolve()) if not Path(label).is_absolute() else label
         name = entry.get("name") or _strip(Path(images[0])).removesuffix("_0000").removesuffix("_t2")
-        cases.append(Case(name, images, label, entry.get("group"), _spacing_of(entry, index, path)))
+        cases.append(Case(name, images, label, entry.get("group"), _spacing_of(entry, index, path),
+                          _segments_of(entry, index, path)))
     return cases
+
+
+def _segments_of(entry: dict, index: int, path: Path) -> dict[str, int] | None:
+    """An entry's "segments" ({"PZ": 1, "TZ": 2}): which segments of a .seg.nrrd label become which values."""
+    segments = entry.get("segments")
+    if segments is None:
+        return None
+    if not isinstance(segments, dict) or not all(isinstance(k, str) and isinstance(v, int) and 0 < v < 256
+                                                 for k, v in segments.items()):
+        raise InputError(f"Entry {index} of '{path}': 'segments' must map segment names to label values 1-255.")
+    return segments
+
+
+def read_label(case: Case, reference: sitk.Image) -> sitk.Image:
+    """A case's label map: an image file, or a .seg.nrrd (e.g. a corrected Slicer segmentation) turned
+    into labels by segment name or SNOMED CT code (`case.segments`, default {"Prostate": 1})."""
+    if str(case.label).lower().endswith(".seg.nrrd"):
+        from .pipeline import SEGMENTS
+
+        codes = {name: code[0] for name, _, _, _, code in SEGMENTS}
+        return segfile.segment_label_map(case.label, case.segments or {"Prostate": 1}, reference, codes)
+    return read_image(case.label)
 
 
 def _spacing_of(entry: dict, index: int, path: Path) -> tuple[float, float, float] | None:
@@ -253,8 +279,9 @@ def with_spacing(image: sitk.Image, spacing) -> sitk.Image:
 
 def prepare_case(case: Case, spacing=preprocess.WORKING_SPACING, max_foreground: int = 20000, seed: int = 0,
                  channel_names=None, label_map: dict | None = None) -> PreparedCase:
-    channels = [with_spacing(read_image(path), case.spacing) for path in case.images]
-    label = with_spacing(remap_labels(read_image(case.label), label_map), case.spacing)
+    raw = [read_image(path) for path in case.images]
+    label = with_spacing(remap_labels(read_label(case, raw[0]), label_map), case.spacing)
+    channels = [with_spacing(image, case.spacing) for image in raw]
     label = require_same_grid(channels[0], label, (f"image of case {case.name}", f"label of case {case.name}"))
     image, working = preprocess.to_working_image(channels, spacing, channel_names)
     label_w = preprocess.label_to_working(label, working)

@@ -78,7 +78,9 @@ def run(out_dir: str | Path, sample: str | Path | None = None) -> dict:
     out_dir = Path(out_dir)
     sample = Path(sample) if sample is not None else SAMPLE
     case_out = out_dir / "ProstateX-0218"
-    report = pipeline.run(sample / "t2w", case_out, adc=sample / "adc", hbv=sample / "hbv")
+    # The bundled case is a study folder (three series, as from a PACS export): the series are found
+    # and classified, as `prostateai segment --study` does; a DICOM SEG is written beside the masks.
+    report = pipeline.run(None, case_out, study=sample)
     t2 = read_image(sample / "t2w")
     zones = read_image(case_out / "zones.nii.gz")
     indices = gland_centre_indices(zones)
@@ -89,10 +91,14 @@ def run(out_dir: str | Path, sample: str | Path | None = None) -> dict:
                  f"(PZ {volumes['PZ']:.1f}, TZ {volumes['TZ']:.1f})")
         pngs.append(save_overlay_png(t2, zones, out_dir / f"segmentation_{axis}.png", axis, indices[axis], title))
     summary = {"outputs": str(case_out), "pngs": pngs, "volumes_ml": volumes, "timings_s": report["timings_s"],
-               "models": {k: v["name"] for k, v in report["models"].items()}}
+               "models": {k: v["name"] for k, v in report["models"].items()},
+               "series": {role: (chosen or {}).get("series_description") for role, chosen in report["study"].items()},
+               "dicom_seg": (case_out / "segmentation.dcm").is_file(), "quality": report["quality"]["status"]}
     write_text(json.dumps(summary, indent=2), out_dir / "segmentation_summary.json")
+    print(f"   series: {', '.join(f'{role} = {name}' for role, name in summary['series'].items())}")
     print(f"   prostate {volumes['prostate']:.1f} mL (PZ {volumes['PZ']:.1f}, TZ {volumes['TZ']:.1f}) in "
-          f"{report['timings_s']['total']:.1f} s; overlays: {', '.join(Path(p).name for p in pngs)}")
+          f"{report['timings_s']['total']:.1f} s; quality {summary['quality']}; DICOM SEG "
+          f"{'written' if summary['dicom_seg'] else 'not written'}; overlays: {', '.join(Path(p).name for p in pngs)}")
     return summary
 
 

@@ -20,6 +20,10 @@ Empty masks have defined values (never a crash):
 Cohort summaries (mean ± std) skip undefined distances and report how many were skipped.
 
 Pred and truth must share a grid (`geometry.same_grid`, 1e-3 tolerance); otherwise `InputError`.
+Both must be label maps: 3D, one value per voxel, whole numbers (float files are accepted when every
+voxel is a finite whole number), and at most `MAX_LABELS` distinct non-zero values unless `--labels`
+names the ones to score; anything else (a 4D series, a probability map, an intensity image) is
+refused by name before any per-label work. `prostateai evaluate` never writes over an input.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import same_grid
 from ProstateAICore.imageio import read_image, suffix_of, write_text
 
+MAX_LABELS = 255  # what a uint8 label map holds; far more values means an intensity or probability image
 METRICS = ("dice", "hd95_mm", "hd_mm", "assd_mm", "volume_similarity", "abs_volume_difference_ml",
            "pred_volume_ml", "truth_volume_ml")
 
@@ -107,41 +113,75 @@ def binary_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx) -> dict:
 # ---------------------------------------------------------------- images and labels
 
 def parse_labels(specs) -> dict[int, str] | None:
-    """`["1", "2=TZ"]` -> {1: "1", 2: "TZ"}; None -> every non-zero value present."""
+    """`["1", "2=TZ"]` or `["1,2=TZ"]` -> {1: "1", 2: "TZ"}; None -> every non-zero value present."""
     if not specs:
         return None
     labels = {}
-    for spec in specs:
-        value, _, name = str(spec).partition("=")
+    for spec in (part.strip() for item in specs for part in str(item).split(",") if part.strip()):
+        value, _, name = spec.partition("=")
         try:
-            labels[int(value)] = name or value
+            value = int(value)
         except ValueError as exc:
             raise InputError(f"Label '{spec}' is not VALUE or VALUE=name with an integer VALUE.") from exc
+        name = name.strip() or str(value)
+        if value in labels or name in labels.values():  # results are keyed by name: one would hide the other
+            raise InputError(f"Label '{spec}' repeats a value or a name given before in --labels.")
+        labels[value] = name
     return labels
+
+
+def label_array(image: sitk.Image, name: str = "mask") -> np.ndarray:
+    """The voxels of a label map as integers, or InputError naming `name` for what is not one."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"The {name} is not a 3D label map ({image.GetDimension()}D, size {tuple(image.GetSize())}, "
+                         f"{image.GetNumberOfComponentsPerPixel()} value(s) per voxel).")
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"The {name} holds {array.dtype} voxels; a label map holds whole numbers.")
+    if not np.isfinite(array).all():
+        raise InputError(f"The {name} contains {int(np.count_nonzero(~np.isfinite(array)))} NaN or infinite voxels; "
+                         "a label map holds whole numbers.")
+    if array.size and (np.abs(array).max() >= 2**31 or not np.array_equal(array, np.round(array))):
+        raise InputError(f"The {name} holds fractional (or huge) values; it looks like a probability or intensity "
+                         "image, not a label map (threshold it first).")
+    return array.astype(np.int32)  # whole numbers stored as float, as some tools write label maps
+
+
+def present_labels(p: np.ndarray, t: np.ndarray, names=("prediction", "reference")) -> dict[int, str]:
+    """Every non-zero value of either map; refused above MAX_LABELS, before any per-label work
+    (thousands of labels are an intensity image given by mistake, and would take hours to score)."""
+    found = {}
+    for array, name in zip((p, t), names):
+        values = np.unique(array)
+        values = values[values != 0]
+        if len(values) > MAX_LABELS:
+            raise InputError(f"The {name} has {len(values)} distinct labels (at most {MAX_LABELS} are scored "
+                             "unless --labels names them); is it really a label map?")
+        found.update({int(v): str(int(v)) for v in values})
+    return dict(sorted(found.items())) or {1: "1"}  # both empty: score the usual foreground label so it is defined
 
 
 def evaluate_images(pred: sitk.Image, truth: sitk.Image, labels: dict[int, str] | None = None,
                     names=("prediction", "reference")) -> dict:
     """Metrics per label for two label images on the same grid."""
+    p, t = label_array(pred, names[0]), label_array(truth, names[1])  # what is not a label map, named, first
     if pred.GetDimension() != truth.GetDimension() or not same_grid(pred, truth):
         raise InputError(
             f"The {names[0]} and the {names[1]} are not on the same grid ({names[0]} size {pred.GetSize()}, spacing "
             f"{tuple(round(s, 4) for s in pred.GetSpacing())}; {names[1]} size {truth.GetSize()}, spacing "
             f"{tuple(round(s, 4) for s in truth.GetSpacing())}). Resample the {names[0]} onto the {names[1]} first."
         )
-    p = sitk.GetArrayViewFromImage(pred)
-    t = sitk.GetArrayViewFromImage(truth)
     if labels is None:
-        values = sorted(set(np.unique(p).tolist()) | set(np.unique(t).tolist()))
-        labels = {int(v): str(int(v)) for v in values if v != 0}
-        if not labels:  # both masks empty: score the usual foreground label so the result is defined
-            labels = {1: "1"}
+        labels = present_labels(p, t, names)
     spacing_zyx = tuple(float(s) for s in reversed(pred.GetSpacing()))
     return {name: {"value": value, **binary_metrics(p == value, t == value, spacing_zyx)} for value, name in labels.items()}
 
 
 def evaluate_files(pred_path, truth_path, labels: dict[int, str] | None = None) -> dict:
-    return evaluate_images(read_image(pred_path), read_image(truth_path), labels)
+    return evaluate_images(read_image(pred_path), read_image(truth_path), labels,
+                           names=(f"prediction '{pred_path}'", f"reference '{truth_path}'"))
 
 
 # ---------------------------------------------------------------- cohort
@@ -160,6 +200,18 @@ def _mask_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and suffix_of(p) in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".seg.nrrd"))
 
 
+def _unique_cases(items, where: str) -> dict:
+    """{case: path} from (case, path) pairs; two masks of one case are refused naming both (otherwise
+    one would silently replace the other in the results)."""
+    found = {}
+    for case, path in items:
+        if case in found:
+            raise InputError(f"Two masks in {where} are case '{case}': '{found[case]}' and '{path}'; "
+                             "keep one, or give the cases different names.")
+        found[case] = path
+    return found
+
+
 def pair_folders(pred_dir, truth_dir) -> list[tuple[str, Path, Path]]:
     """Match masks by identical file name, else by case name; every reference needs a prediction."""
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
@@ -168,7 +220,8 @@ def pair_folders(pred_dir, truth_dir) -> list[tuple[str, Path, Path]]:
             raise InputError(f"Folder '{folder}' does not exist.")
     preds = _mask_files(pred_dir)
     by_name = {p.name: p for p in preds}
-    by_key = {case_key(p): p for p in preds}
+    by_key = _unique_cases(((case_key(p), p) for p in preds), f"'{pred_dir}'")  # e.g. case.nii and case.nii.gz
+    _unique_cases(((case_key(t), t) for t in _mask_files(truth_dir)), f"'{truth_dir}'")
     pairs, missing = [], []
     for truth in _mask_files(truth_dir):
         pred = by_name.get(truth.name) or by_key.get(case_key(truth))
@@ -187,12 +240,17 @@ def pairs_from_csv(path) -> list[tuple[str, Path, Path]]:
     path = Path(path)
     try:
         rows = list(csv.DictReader(path.read_text().splitlines()))
-    except OSError as exc:
-        raise InputError(f"Could not read '{path}': {exc}") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"Could not read '{path}' as a CSV list: {exc}") from exc
     if not rows or not {"pred", "truth"} <= set(rows[0]):
         raise InputError(f"'{path}' needs a header with columns pred,truth (and optionally case).")
+    for number, row in enumerate(rows, start=2):
+        if not row.get("pred") or not row.get("truth"):
+            raise InputError(f"'{path}' line {number} has no pred or no truth path.")
     resolve = lambda p: Path(p) if Path(p).is_absolute() else path.parent / p  # noqa: E731
-    return [(row.get("case") or case_key(row["truth"]), resolve(row["pred"]), resolve(row["truth"])) for row in rows]
+    pairs = [(row.get("case") or case_key(row["truth"]), resolve(row["pred"]), resolve(row["truth"])) for row in rows]
+    _unique_cases(((case, truth) for case, _, truth in pairs), f"'{path}'")
+    return pairs
 
 
 def summarize(results: dict[str, dict]) -> dict:
@@ -266,6 +324,27 @@ def format_summary(summary: dict, n_cases: int) -> list[str]:
     return lines
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links and symbolic links included
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting(outputs: dict[str, Path], inputs) -> None:
+    """InputError when an output would replace an input (the --list file, a mask, a folder) or another output."""
+    inputs = [source for source in inputs if source]
+    for option, out in outputs.items():
+        for source in inputs:
+            if _same_file(out, source):
+                raise InputError(f"The {option} output '{out}' is the input '{source}'; give another output path "
+                                 "(inputs are never overwritten).")
+    (a, path_a), *others = outputs.items()
+    for b, path_b in others:
+        if _same_file(path_a, path_b):
+            raise InputError(f"The {a} and {b} outputs are the same file '{path_a}'; give each its own path.")
+
+
 def evaluate_command(args) -> int:
     labels = parse_labels(args.labels)
     single = bool(args.pred or args.truth)
@@ -275,6 +354,8 @@ def evaluate_command(args) -> int:
     if single:
         if not (args.pred and args.truth):
             raise InputError("--pred and --truth are both needed.")
+        if args.json:
+            refuse_overwriting({"--json": Path(args.json)}, [args.pred, args.truth])
         result = evaluate_files(args.pred, args.truth, labels)
         print("\n".join(format_case(result)))
         if args.json:
@@ -286,9 +367,12 @@ def evaluate_command(args) -> int:
         pairs = pair_folders(args.pred_dir, args.truth_dir)
     else:
         raise InputError("--pred-dir and --truth-dir are both needed.")
+    csv_path = Path(args.csv or (Path(args.json).with_suffix(".csv") if args.json else "evaluation.csv"))
+    outputs = {"--csv" if args.csv else "--csv (default)": csv_path, **({"--json": Path(args.json)} if args.json else {})}
+    masks = [mask for _, pred, truth in pairs for mask in (pred, truth)]
+    refuse_overwriting(outputs, [args.list, args.pred_dir, args.truth_dir, *masks])  # before any work
     results, summary = evaluate_cohort(pairs, labels)
     print("\n".join(format_summary(summary, len(results))))
-    csv_path = args.csv or (Path(args.json).with_suffix(".csv") if args.json else Path("evaluation.csv"))
     write_text(cohort_csv(results), csv_path)
     print(f"per-case CSV: {csv_path}")
     if args.json:

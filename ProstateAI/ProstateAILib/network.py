@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ProstateAICore.errors import InputError
+
 
 @dataclass
 class NetConfig:
@@ -96,7 +98,8 @@ class UNet3D(nn.Module):
         self.config = cfg = config or NetConfig()
         n = len(cfg.features)
         if not (len(cfg.strides) == len(cfg.kernels) == len(cfg.blocks) == n):
-            raise ValueError("features, strides, kernels and blocks need one entry per level")
+            raise InputError(f"The network needs one entry per level in features, strides, kernels and blocks "
+                             f"(got {len(cfg.features)} features for {len(cfg.strides)} levels; e.g. --features 16,32,64,96,128).")
         self.stem = ConvNormAct(cfg.in_channels, cfg.features[0], cfg.kernels[0])
         self.encoders = nn.ModuleList()
         cin = cfg.features[0]

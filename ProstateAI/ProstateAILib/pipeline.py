@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +24,10 @@ import SimpleITK as sitk
 from ProstateAICore import __version__
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import image_like
-from ProstateAICore.imageio import current_umask, read_image_with_source, validate_volume
+from ProstateAICore.imageio import read_image_with_source, staged_folder, validate_volume, write_image_file
 from ProstateAICore.progress import ProgressFn, scaled
 
-from . import models, preprocess
+from . import models, preprocess, quality
 
 MIN_PROSTATE_ML = 1.0  # a smaller largest component is noise, not a gland
 
@@ -77,22 +75,32 @@ def overlap_fraction(moving: sitk.Image, fixed: sitk.Image, samples: int = 12) -
     return inside / max(total, 1)
 
 
-def _read(path, name: str) -> tuple[sitk.Image, dict]:
+def _read(path, name: str, allow_irregular: bool = False, shown: str | None = None) -> tuple[sitk.Image, dict]:
+    """Read one input; `shown` names it in messages instead of `path` (a study's series read from a
+    temporary folder of links, see study.series_folders; the report keeps the folder read)."""
     if path is None or str(path) == "":
         raise InputError(f"No {name} given.")
+    label = shown or str(path)
     if not Path(path).exists():
-        raise InputError(f"The {name} '{path}' does not exist (missing sequence?).")
-    image, source = read_image_with_source(path)
+        raise InputError(f"The {name} '{label}' does not exist (missing sequence?).")
+    try:
+        image, source = read_image_with_source(path, allow_irregular=allow_irregular)
+    except InputError as exc:
+        if shown is None:
+            raise
+        raise InputError(str(exc).replace(str(path), shown)) from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"The {name} '{path}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+        raise InputError(f"The {name} '{label}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "a scalar MR volume is needed.")
     validate_volume(image, name)
     if source.modality and source.modality.upper() not in ("MR", "OT"):
-        raise InputError(f"The {name} '{path}' is a {source.modality} series, not MR.")
+        raise InputError(f"The {name} '{label}' is a {source.modality} series, not MR.")
     info = {"path": str(path), "kind": source.kind, "size": list(image.GetSize()),
             "spacing_mm": [round(s, 6) for s in image.GetSpacing()]}
     if source.series_description:
         info["series_description"] = source.series_description
+    if source.notes:
+        info["notes"] = list(source.notes)
     return image, info
 
 
@@ -112,13 +120,16 @@ def prepare_inputs(t2: sitk.Image, extra: dict[str, sitk.Image | None] | None = 
     return inputs
 
 
-def read_inputs(t2_path, adc_path=None, hbv_path=None) -> Inputs:
-    """Read T2 (+ ADC, HBV) from DICOM folders or image files and prepare them."""
-    t2, t2_info = _read(t2_path, "T2")
+def read_inputs(t2_path, adc_path=None, hbv_path=None, allow_irregular: bool = False,
+                shown: dict[str, str] | None = None) -> Inputs:
+    """Read T2 (+ ADC, HBV) from DICOM folders or image files and prepare them (`shown`: names by
+    role for messages and the report, see `_read`)."""
+    shown = shown or {}
+    t2, t2_info = _read(t2_path, "T2", allow_irregular, shown.get("T2"))
     extra, infos = {}, {"T2": t2_info}
     for name, path in (("ADC", adc_path), ("HBV", hbv_path)):
         if path is not None:
-            extra[name], infos[name] = _read(path, name)
+            extra[name], infos[name] = _read(path, name, allow_irregular, shown.get(name))
     inputs = prepare_inputs(t2, extra)
     inputs.sources = infos
     return inputs
@@ -196,9 +207,11 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
 
 
 def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress) -> Result:
-    from .inference import foreground_mask, predict_probabilities
+    from .inference import predict_probabilities
+    from .postprocess import foreground_mask
 
     original_t2 = inputs.t2
+    quality.require_mr_magnitude(sitk.GetArrayViewFromImage(original_t2))  # before minutes of work on a CT
     inputs = canonical_inputs(inputs)  # every step below sees the same axes whatever the storage order
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -253,6 +266,10 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress)
         "extra_sequences_resampled_to_t2": sorted(inputs.extra),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+    t2_source = (inputs.sources or {}).get("T2") or {}
+    report["quality"] = quality.verdict(
+        quality.input_metrics(sitk.GetArrayViewFromImage(inputs.t2), t2_source.get("series_description")),
+        quality.prediction_metrics(prostate, int(np.count_nonzero(p_gland >= threshold1)), p_gland, ml))
     unused = sorted(set(inputs.extra) - {c.upper() for c in meta1.get("channels", []) + meta2.get("channels", [])})
     if unused:
         report["notes"] = [f"{', '.join(unused)} checked and resampled onto the T2 but not used by these models."]
@@ -284,7 +301,11 @@ def label_layers(result: Result) -> dict[str, sitk.Image]:
 
 
 def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, started: float | None = None) -> Path:
-    """Write every output into a staging folder, then move the files into OUT (created if needed).
+    """Write every output into a staging folder that then replaces OUT as a whole (imageio.staged_folder).
+
+    With `write_seg`: segmentation.seg.nrrd, and segmentation.dcm (DICOM SEG, see export.py) when the T2
+    was read from a DICOM series (report["inputs"]["T2"]); when the SEG cannot reference that series
+    (e.g. a T2 resampled with --allow-irregular) the report says why in "notes" instead.
 
     report.json is written last, with the time spent writing the other files and, when `started`
     (a time.perf_counter() value) is given, the total time since then.
@@ -293,60 +314,86 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, starte
 
     t0 = time.perf_counter()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         (staging / "probabilities").mkdir()
-        sitk.WriteImage(result.prostate, str(staging / "prostate.nii.gz"), True)
-        sitk.WriteImage(result.zones, str(staging / "zones.nii.gz"), True)
+        write_image_file(result.prostate, staging / "prostate.nii.gz", shown=out / "prostate.nii.gz")
+        write_image_file(result.zones, staging / "zones.nii.gz", shown=out / "zones.nii.gz")
         for name, image in result.probabilities.items():
             # fast compression level: probability maps are mostly exact zeros (see `segment`)
-            sitk.WriteImage(image, str(staging / "probabilities" / f"{name}.nii.gz"), True, 1)
+            write_image_file(image, staging / "probabilities" / f"{name}.nii.gz",
+                             shown=out / "probabilities" / f"{name}.nii.gz", level=1)
         if write_seg:
             layers = label_layers(result)
             segments = [segfile.Segment(name, layers[layer], value, colour, code)
                         for name, layer, value, colour, code in SEGMENTS]
             segfile.write_seg_nrrd(segments, staging / "segmentation.seg.nrrd")
+            t2_source = result.report.get("inputs", {}).get("T2", {})
+            if t2_source.get("kind") == "dicom-series":  # DICOM SEG referencing the T2 series' own files
+                from . import export
+
+                try:
+                    dataset = export.dicom_seg(segments, t2_source["path"], export.algorithms_from_report(result.report))
+                except InputError as exc:  # e.g. a resampled (--allow-irregular) T2: the other outputs still count
+                    result.report.setdefault("notes", []).append(f"segmentation.dcm not written: {exc}")
+                else:
+                    export.save_dicom(dataset, staging / "segmentation.dcm")
         timings = result.report.setdefault("timings_s", {})
         timings["write_outputs"] = round(time.perf_counter() - t0, 3)
         if started is not None:
             timings["total"] = round(time.perf_counter() - started, 3)
         (staging / "report.json").write_text(json.dumps(result.report, indent=2))
-        _move_into(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
-def _move_into(staging: Path, out: Path) -> None:
-    umask = current_umask()
-    for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700; give outputs normal permissions
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    if not out.is_dir():
-        raise InputError(f"Output '{out}' exists and is not a folder.")
-    for path in sorted(staging.rglob("*")):
-        target = out / path.relative_to(staging)
-        if path.is_dir():
-            target.mkdir(exist_ok=True)
-        else:
-            os.replace(path, target)
-
-
 def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device="auto", tta=True,
-        progress: ProgressFn | None = None, threads: int | None = None) -> dict:
-    """Load -> segment -> write (the whole `prostateai segment`); returns the report."""
+        progress: ProgressFn | None = None, threads: int | None = None, allow_irregular: bool = False,
+        study=None, allow_mismatch: bool = False, psa: float | None = None) -> dict:
+    """Load -> segment -> write (the whole `prostateai segment`); returns the report.
+
+    `study`: a DICOM study folder (or a `study.StudySelection` made from one) instead of t2/adc/hbv:
+    the axial T2, the ADC and the highest-b DWI are chosen from it and the choice goes into the
+    report ("study"). Inputs from different patients or studies are refused unless `allow_mismatch`.
+    `psa` (ng/mL): the report gets it and the PSA density (PSA / prostate volume in mL).
+    """
+    import contextlib
+
+    from . import study as studies
+
     start = time.perf_counter()
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"Output '{out}' exists and is not a folder.")
+    if psa is not None and not 0 < psa < float("inf"):  # NaN fails too
+        raise InputError(f"The PSA must be a positive number of ng/mL, got {psa}.")
     t0 = time.perf_counter()
-    inputs = read_inputs(t2, adc, hbv)
-    load_s = time.perf_counter() - t0
-    result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads)
-    result.report["timings_s"] = {"read_inputs": round(load_s, 3), **result.report["timings_s"]}
-    write_outputs(result, out, started=start)
+    selection = None
+    with contextlib.ExitStack() as stack:  # a study's series folders live until the outputs (DICOM SEG) are written
+        if study is not None:
+            if any(p is not None and str(p) != "" for p in (t2, adc, hbv)):
+                raise InputError("Give either a study folder or the T2 (with ADC/HBV), not both.")
+            selection = study if isinstance(study, studies.StudySelection) else studies.select_series(study)
+            notes = studies.check_same_patient(selection.identities(), allow_mismatch)
+            folders = stack.enter_context(studies.series_folders(selection))
+            shown = {role: c.shown for role, c in selection.by_role().items()
+                     if c is not None and folders[role] != c.folder}  # a folder of links: named by its series
+            inputs = read_inputs(folders["T2"], folders.get("ADC"), folders.get("HBV"), allow_irregular, shown)
+        else:
+            identities = {name: studies.identity_of_path(path)
+                          for name, path in (("T2", t2), ("ADC", adc), ("HBV", hbv))}
+            notes = studies.check_same_patient(identities, allow_mismatch)
+            inputs = read_inputs(t2, adc, hbv, allow_irregular)
+        load_s = time.perf_counter() - t0
+        result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads)
+        result.report["timings_s"] = {"read_inputs": round(load_s, 3), **result.report["timings_s"]}
+        if selection is not None:
+            result.report["study"] = selection.as_report()
+            result.report["study_series"] = selection.series_report()
+        if notes:
+            result.report["notes"] = result.report.get("notes", []) + notes
+        if psa is not None:
+            volume = result.report["volumes_ml"]["prostate"]
+            result.report["psa_ng_ml"] = psa
+            result.report["psa_density_ng_ml2"] = round(psa / volume, 3)
+        write_outputs(result, out, started=start)
     if progress is not None:
         progress(1.0, f"wrote {out}")
     return result.report

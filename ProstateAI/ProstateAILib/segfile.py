@@ -146,8 +146,9 @@ def write_seg_nrrd(segments: list[Segment], path: str | os.PathLike) -> Path:
     return path
 
 
-def read_seg_nrrd(path: str | os.PathLike) -> dict[str, sitk.Image]:
-    """Segments of a .seg.nrrd (as written by Slicer or `write_seg_nrrd`) -> {name: uint8 mask image}."""
+def read_seg_nrrd(path: str | os.PathLike, with_codes: bool = False):
+    """Segments of a .seg.nrrd (as written by Slicer or `write_seg_nrrd`) -> {name: uint8 mask image}
+    (and, with `with_codes`, {name: SNOMED CT type code or None} from the terminology tags)."""
     path = Path(path)
     raw = path.read_bytes()
     split = raw.find(b"\n\n")
@@ -176,7 +177,7 @@ def read_seg_nrrd(path: str | os.PathLike) -> dict[str, sitk.Image]:
     if fields.get("space", "left-posterior-superior") not in ("left-posterior-superior", "LPS"):
         flip = np.diag([-1.0, -1.0, 1.0])  # RAS -> LPS
         direction, origin = flip @ direction, list(flip @ np.array(origin))
-    out = {}
+    out, codes = {}, {}
     i = 0
     while f"Segment{i}_Name" in fields:
         layer = int(fields.get(f"Segment{i}_Layer", 0))
@@ -186,5 +187,41 @@ def read_seg_nrrd(path: str | os.PathLike) -> dict[str, sitk.Image]:
         image.SetOrigin(origin)
         image.SetDirection([float(v) for v in direction.ravel()])
         out[fields[f"Segment{i}_Name"]] = image
+        if with_codes:
+            # TerminologyEntry "category~type~...": the type is the second coded concept
+            sct = re.findall(r"SCT\^(\d+)\^", fields.get(f"Segment{i}_Tags", ""))
+            codes[fields[f"Segment{i}_Name"]] = sct[1] if len(sct) > 1 else None
         i += 1
-    return out
+    return (out, codes) if with_codes else out
+
+
+def segment_label_map(path: str | os.PathLike, segment_labels: dict[str, int], reference: sitk.Image | None = None,
+                      known_codes: dict[str, str] | None = None) -> sitk.Image:
+    """A label map from a .seg.nrrd (ours or Slicer's, e.g. a radiologist's correction): each name in
+    `segment_labels` paints its value, found by segment name (any case) or, when renamed, by its
+    SNOMED CT code (`known_codes`: name -> code). With `reference`, the map is put on its grid
+    (Slicer may save a segmentation cropped to its extent; nearest neighbour keeps the voxels).
+    A "Prostate" missing from the file is the union of its zone segments, when there are any.
+    """
+    segments, codes = read_seg_nrrd(path, with_codes=True)
+    by_name = {name.lower(): name for name in segments}
+    by_code = {code: name for name, code in codes.items() if code}
+    label = None
+    for wanted, value in segment_labels.items():
+        name = by_name.get(wanted.lower()) or by_code.get((known_codes or {}).get(wanted, ""))
+        if name is not None:
+            mask = segments[name]
+        elif wanted.lower() == "prostate" and {"pz", "tz"} & set(by_name):
+            zones = [segments[by_name[z]] for z in ("pz", "tz") if z in by_name]
+            mask = zones[0] if len(zones) == 1 else sitk.Or(zones[0], zones[1])
+        else:
+            raise InputError(f"'{path}' has no '{wanted}' segment (it has {', '.join(segments) or 'none'}).")
+        if label is None:
+            label = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
+            label.CopyInformation(mask)
+        label = sitk.Mask(label, sitk.Not(sitk.Cast(mask > 0, sitk.sitkUInt8))) + sitk.Cast(mask > 0, sitk.sitkUInt8) * int(value)
+    if label is None:
+        raise InputError("No segment to label was asked for.")
+    if reference is not None and not same_grid(reference, label):
+        label = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return label

@@ -1,7 +1,7 @@
 """Training loop for the segmentation network (`prostateai train`).
 
 One run folder holds everything: `last.pt` (full state for `--resume`: model, optimizer, epoch,
-history, RNG states), `model.pt` (best-validation weights stored as float16 + metadata, the file
+history, RNG states; tensors and plain values only, read with weights_only=True), `model.pt` (best-validation weights stored as float16 + metadata, the file
 inference loads), `model.json` (the same metadata, readable), `history.csv` and
 `learning_curve.png`, `split.json`.
 
@@ -23,9 +23,11 @@ import io
 import json
 import math
 import os
+import pickle
 import random
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,65 @@ def seed_everything(seed: int) -> None:
 def _save_atomic(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+# ---------------------------------------------------------------- resume state (last.pt)
+
+CHECKPOINT_TYPES = {"config": dict, "model": dict, "optimizer": dict, "epoch": int, "history": list, "best": dict,
+                    "sampler_rng": dict, "torch_rng": torch.Tensor}
+
+
+def _plain(value):
+    """`value` as only what `torch.load(..., weights_only=True)` reads back: tensors, numbers, strings,
+    bools, None, lists, tuples and dicts. Why: the resume state is then loaded without unpickling code."""
+    if isinstance(value, torch.Tensor) or value is None:
+        return value
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass but pickles as numpy
+        return value.item()
+    for kind in (bool, int, float, str):  # subclasses (enums, numpy-backed) become the plain type
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    raise TypeError(f"A {type(value).__name__} cannot be stored in a training checkpoint.")
+
+
+def _short(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The resume state in `path`, read with weights_only=True: a file holding pickled code (or anything
+    but tensors and plain values) is refused before any of it runs."""
+    def refused(reason: str) -> InputError:
+        return InputError(f"'{path}' is not a ProstateAI training checkpoint ({reason}).")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols: the error line says enough
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises turning the weights-only guard off: never repeat that to the user.
+        raise refused("it holds objects other than tensors and plain values; nothing in it was run") from exc
+    except Exception as exc:  # not a torch file at all: truncated zip, random bytes, a folder...
+        raise refused(f"unreadable: {_short(exc)}") from exc
+    if not isinstance(state, dict):
+        raise refused(f"a {type(state).__name__}, not a dict")
+    wrong = [key for key, kind in CHECKPOINT_TYPES.items() if not isinstance(state.get(key), kind)]
+    if wrong:
+        raise refused(f"missing or wrong: {', '.join(wrong)}")
+    unknown = set(state["config"]) - {f.name for f in fields(TrainConfig)}
+    if unknown or not {"data", "epochs", "patch", "spacing", "labels"} <= set(state["config"]):
+        raise refused(f"unexpected training settings {sorted(map(str, unknown))}" if unknown else "incomplete settings")
+    return state
 
 
 def model_metadata(cfg: TrainConfig, net_cfg: network.NetConfig, n_channels: int, extra: dict) -> dict:
@@ -366,13 +427,17 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
     if resume:
         if not (out / "last.pt").is_file():
             raise InputError(f"Nothing to resume: '{out / 'last.pt'}' does not exist.")
-        checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(out / "last.pt")
         saved = checkpoint["config"]
-        # The run's recipe comes from the checkpoint; only the epoch count may be extended.
-        cfg = TrainConfig(**{**saved, "epochs": max(cfg.epochs, saved["epochs"]), "threads": cfg.threads,
-                             "device": cfg.device, "patch": tuple(saved["patch"]), "spacing": tuple(saved["spacing"]),
-                             "labels": tuple(saved["labels"]),
-                             "channels": tuple(saved.get("channels", ("T2",)))})
+        # The run's recipe comes from the checkpoint; only the epoch count may be extended. The run
+        # folder is where last.pt was found (the folder may have been moved since).
+        try:
+            cfg = TrainConfig(**{**saved, "out": str(out), "epochs": max(cfg.epochs, int(saved["epochs"])),
+                                 "threads": cfg.threads, "device": cfg.device, "patch": tuple(saved["patch"]),
+                                 "spacing": tuple(saved["spacing"]), "labels": tuple(saved["labels"]),
+                                 "channels": tuple(saved.get("channels", ("T2",)))})
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"'{out / 'last.pt'}' is not a ProstateAI training checkpoint ({_short(exc)}).") from exc
 
     init = load_model(cfg.init) if cfg.init else None  # (model, metadata), read once
     train_cases, val_cases, split = _prepare(cfg, log, init[1] if init else None)
@@ -393,17 +458,23 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
     history, best, start_epoch = [], {"dice": -float("inf"), "epoch": 0}, 1
     if init is not None and checkpoint is None:
         _initialise_from(model, init[0], cfg.init, log)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        history, best, start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"] + 1
-        sampler.rng.bit_generator.state = checkpoint["sampler_rng"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        log(f"resumed from epoch {checkpoint['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
-
-    ema = weight_average(model, cfg.ema)
-    if ema is not None and checkpoint is not None and checkpoint.get("ema") is not None:
-        ema.load_state_dict(checkpoint["ema"])
+    if checkpoint is None:
+        ema = weight_average(model, cfg.ema)
+    else:
+        try:  # a checkpoint of another network, or damaged state, is a user error, not a traceback
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            history, best, start_epoch = checkpoint["history"], checkpoint["best"], checkpoint["epoch"] + 1
+            sampler.rng.bit_generator.state = checkpoint["sampler_rng"]
+            torch.set_rng_state(checkpoint["torch_rng"])
+            ema = weight_average(model, cfg.ema)  # made from the restored weights, then given its saved state
+            if ema is not None and checkpoint.get("ema") is not None:
+                ema.load_state_dict(checkpoint["ema"])
+            log(f"resumed from epoch {checkpoint['epoch']} (best Dice {best['dice']:.4f} at epoch {best['epoch']})")
+        except InputError:
+            raise
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"'{out / 'last.pt'}' does not fit this training run ({_short(exc)}).") from exc
     evaluated = ema.module if ema is not None else model  # what is validated and saved
 
     total_iterations = cfg.epochs * cfg.iterations
@@ -456,13 +527,13 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | 
             "train_seconds": round(train_seconds, 1), "val_seconds": round(val_seconds, 1),
             "best": int(improved),
         })
-        _save_atomic({
+        _save_atomic(_plain({  # plain values only: read back with weights_only=True (load_checkpoint)
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "ema": ema.state_dict() if ema is not None else None,
             "history": history, "best": best, "sampler_rng": sampler.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-        }, out / "last.pt")
+        }), out / "last.pt")
         write_history(history, out)
         message = (f"epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.4f} "
                    + (f"val Dice {val_dice:.4f} (raw {val_raw:.4f}) " if val_dice != "" else "")
