@@ -33,7 +33,7 @@ from slicer.util import VTKObservationMixin
 from ProstateAILib import models, pipeline, review, segfile
 from ProstateAICore.errors import Cancelled, InputError
 from ProstateAICore.imageio import read_image, validate_volume, write_text
-from ProstateAICore.jobs import require_done, start_job
+from ProstateAICore.jobs import Worker, job_environment, job_python, require_done, start_job
 from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
 from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node, segment_arrays
 
@@ -107,6 +107,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         ScriptedLoadableModuleWidget.setup(self)  # noqa: F405
         self.loadModuleUi("ProstateAI")
         self.logic = ProstateAILogic()
+        self.logic.useWorker(True)  # the second segmentation of a session starts in ~1 s, not ~3 s
         self.setupJobPolling()
         self._fillModelComboBoxes()
 
@@ -124,6 +125,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
 
     def cleanup(self) -> None:
         self.discardRunningJob()
+        self.logic.useWorker(False)
         self.removeObservers()
 
     def initializeParameterNode(self) -> None:
@@ -330,6 +332,16 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         self._probabilities = {}  # preview node ID -> (p_prostate, p_tz, gland threshold, TZ threshold)
         self._undo = {}  # accepted-into node ID -> its segmentation before Accept (None: Accept created it)
         self._aiResults = {}  # accepted-into node ID -> {"masks": {name: array}, "report": report}
+        self._worker = None  # persistent segmentation process (useWorker)
+
+    def useWorker(self, enabled: bool = True) -> None:
+        """Run segmentations in one persistent background process (ProstateAICore.jobs.Worker), so that
+        the second run of a session pays no interpreter start or torch import; Cancel still ends it."""
+        if enabled and self._worker is None:
+            self._worker = Worker(python=job_python(), env=job_environment(), preload=("ProstateAILib.pipeline",))
+        elif not enabled and self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def getParameterNode(self):
         return ProstateAIParameterNode(super().getParameterNode())
@@ -513,7 +525,13 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             args.append("--no-tta")
         if threads:
             args += ["--threads", str(int(threads))]
-        return start_job("ProstateAILib.cli", args, tempdir, "segmentation"), tempdir
+        if self._worker is None:
+            return start_job("ProstateAILib.cli", args, tempdir, "segmentation"), tempdir
+        try:
+            return self._worker.submit("ProstateAILib.cli", args), tempdir
+        except (OSError, InputError):
+            shutil.rmtree(tempdir, ignore_errors=True)
+            raise
 
     def finishSegmentJob(self, job, tempdir: str, t2Node, name=None):
         """Load a finished job's segmentation.seg.nrrd with the T2 as reference; returns (node, report).

@@ -194,3 +194,61 @@ def test_job_polling_mixin_finishes_cancels_and_discards(tmp_path):
     widget.discardRunningJob()  # module cleanup / scene close: no finish step, folder removed
     assert not widget.jobRunning and not widget._timer.active and job.state == "cancelled"
     assert not (tmp_path / "c").exists() and len(widget.finished) == 2
+
+
+# ------------------------------------------------------------------------------ persistent worker
+
+def test_worker_runs_commands_one_after_another_and_survives_failures(tmp_path, prostatex_case):
+    """The second segmentation in a session pays no interpreter start or torch import (target <= 2 s)."""
+    worker = jobs.Worker(env=jobs.job_environment(), preload=("ProstateAILib.pipeline",))
+    try:
+        failed = worker.submit("ProstateAILib.cli", ["segment", "--t2", str(tmp_path / "missing"), "--out",
+                                                      str(tmp_path / "x")])
+        assert failed.wait(timeout=120) == "failed" and "does not exist" in failed.error
+        times, outputs = [], []
+        for run in range(2):
+            out = tmp_path / f"run{run}"
+            start = time.perf_counter()
+            job = worker.submit("ProstateAILib.cli", ["segment", "--t2", str(prostatex_case / "t2w"), "--out", str(out),
+                                                       "--threads", "2"])
+            assert job.wait(timeout=300) == "done", job.error
+            times.append(time.perf_counter() - start)
+            outputs.append((out / "prostate.nii.gz").read_bytes())
+        print(f"worker: first segment {times[0]:.2f} s (torch preloaded while the failing job ran), second {times[1]:.2f} s")
+        assert outputs[0] == outputs[1]  # the same result as a fresh process would give, run after run
+        assert times[1] < 10  # the target is 2 s on an idle machine; CI shares its 2 cores
+    finally:
+        worker.close()
+
+
+def test_worker_cancel_ends_its_tree_and_the_next_job_starts_a_new_worker(tmp_path):
+    slow = tmp_path / "slow_cli.py"
+    slow.write_text("import subprocess, sys, time\n"
+                    "def main(argv):\n"
+                    "    subprocess.Popen([sys.executable, '-c', \"import os, signal, sys, time; "
+                    "signal.signal(signal.SIGTERM, signal.SIG_IGN); open(sys.argv[1], 'w').write(str(os.getpid())); "
+                    "time.sleep(120)\", argv[0]])\n"
+                    "    time.sleep(120)\n"
+                    "    return 0\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), jobs.job_environment()["PYTHONPATH"]]))
+    worker = jobs.Worker(env=env)
+    try:
+        pid_file = tmp_path / "grandchild.pid"
+        job = worker.submit("slow_cli", [str(pid_file)])
+        deadline = time.monotonic() + 30
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild, first_worker = int(pid_file.read_text()), worker.pid
+        with pytest.raises(InputError, match="busy"):
+            worker.submit("slow_cli", [str(pid_file)])
+        job.cancel()
+        assert job.poll() == "cancelled" and worker.pid is None
+        deadline = time.monotonic() + 10
+        while _alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(grandchild) and not _alive(first_worker)
+        quick = tmp_path / "quick_cli.py"
+        quick.write_text("def main(argv):\n    return 3\n")
+        assert worker.submit("quick_cli", []).wait(timeout=60) == "failed" and worker.pid != first_worker
+    finally:
+        worker.close()

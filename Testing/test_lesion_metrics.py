@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from ProstateAIApp.cli import main
 from ProstateAILib import lesion_metrics as lm
+from cli_helpers import refused as _refused
 
 pytestmark = pytest.mark.data
 TOL = 1e-6
@@ -306,14 +307,6 @@ def test_cli_end_to_end(cohort, tmp_path, capsys):
     assert distance["auroc"] == pytest.approx(report["auroc"])  # the patient score is the map's maximum either way
 
 
-def _refused(argv, capsys, *expected) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 def _hashes(*folders) -> dict:

@@ -239,3 +239,21 @@ def test_series_selectors_are_prefilled_by_the_study_classifier(prostatex_case, 
         "T2": "4: t2_tse_tra", "ADC": "7: ep2d_diff_tra_DYNDIST_ADC", "HBV": "8: ep2d_diff_tra_DYNDISTCALC_BVAL"}
     assert nodes
     scene.Clear(1)
+
+
+def test_segment_jobs_through_the_persistent_worker(scene_and_preview):
+    """useWorker: the widget's jobs run in one persistent process and load exactly the same result."""
+    scene, logic, t2_node, preview = scene_and_preview
+    expected = arrays(preview, t2_node)
+    worker_logic = type(logic)()
+    worker_logic.useWorker(True)
+    try:
+        for _ in range(2):
+            job, tempdir = worker_logic.startSegmentJob(t2_node, threads=1)
+            assert job.wait(timeout=300) == "done", job.error
+            node, report = worker_logic.finishSegmentJob(job, tempdir, t2_node)
+            for name, mask in arrays(node, t2_node).items():
+                np.testing.assert_array_equal(mask, expected[name], err_msg=name)
+            worker_logic.rejectPreview(node)
+    finally:
+        worker_logic.useWorker(False)

@@ -21,6 +21,7 @@ import torch
 
 from ProstateAIApp.cli import main
 from ProstateAILib import train
+from cli_helpers import refused as _refused
 
 pytestmark = pytest.mark.data
 
@@ -29,15 +30,6 @@ TINY = ["--iterations", "2", "--batch", "1", "--patch", "8,32,32", "--features",
         "--val-overlap", "0", "--no-val-tta", "--threads", "1", "--seed", "5"]
 
 
-def _refused(argv, capsys, *expected) -> str:
-    """Run `prostateai ARGV` in-process; assert exit 2 and exactly one stderr line (no traceback)."""
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 def _hashes(folder) -> dict:

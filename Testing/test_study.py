@@ -23,6 +23,7 @@ from ProstateAIApp.cli import main
 from ProstateAICore.errors import InputError
 from ProstateAICore.imageio import read_image
 from ProstateAILib import study
+from cli_helpers import refused as _refused
 
 pytestmark = pytest.mark.data
 
@@ -30,15 +31,6 @@ FAST = ["--no-tta", "--threads", "2"]  # both sides of every comparison run the 
 SERIES = {"T2": "t2w", "ADC": "adc", "HBV": "hbv"}
 
 
-def _refused(argv, capsys, *expected) -> str:
-    """Run `prostateai ARGV` in-process; assert exit 2 and exactly one stderr line (no traceback)."""
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 def _run(argv) -> tuple[int, str]:

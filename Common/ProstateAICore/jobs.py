@@ -11,12 +11,14 @@ leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -71,11 +73,14 @@ class Job:
     def _read_stderr(self) -> None:
         assert self._process and self._process.stderr
         for line in self._process.stderr:
-            parsed = parse_progress(line)
-            if parsed:
-                self.progress, self.message = parsed
-            elif line.strip():
-                self._tail.append(line.rstrip())
+            self._take_line(line)
+
+    def _take_line(self, line: str) -> None:
+        parsed = parse_progress(line)
+        if parsed:
+            self.progress, self.message = parsed
+        elif line.strip():
+            self._tail.append(line.rstrip())
 
     def poll(self) -> str:
         if self._process is None or self.state != "running":
@@ -85,6 +90,10 @@ class Job:
             return self.state
         if self._reader:
             self._reader.join(timeout=2)
+        return self._finish(code)
+
+    def _finish(self, code: int) -> str:
+        """Set the final state from the command's exit status."""
         self.returncode = code
         if self._cancelled:
             self.state = "cancelled"
@@ -117,6 +126,100 @@ class Job:
         _kill_group(self._process)
         self._process.wait()
         self.poll()
+
+
+class Worker:
+    """One long-lived child process that runs commands one after another (`ProstateAICore.worker`).
+
+    Why: a second segmentation in a Slicer or browser session should not pay the interpreter start
+    and `import torch` again (about 2-3 s of a ~5 s run on 2 cores). `submit` returns a job with
+    the same interface as `Job`; Cancel ends the worker's whole process tree, exactly like a Job's,
+    and the next `submit` starts a fresh worker. One job at a time.
+    """
+
+    def __init__(self, python: str | None = None, env: dict | None = None, preload: tuple[str, ...] = ()):
+        self.argv = [python or sys.executable, "-m", "ProstateAICore.worker", *preload]
+        self._env = env
+        self._process: subprocess.Popen | None = None
+        self._job: "WorkerJob | None" = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    def submit(self, module: str, args: list[str]) -> "WorkerJob":
+        if self._job is not None and self._job.poll() == "running":
+            raise InputError("The background worker is busy; wait for the running job or cancel it.")
+        return WorkerJob(self, module, args).start()
+
+    def _send(self, job: "WorkerJob") -> subprocess.Popen:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._process = subprocess.Popen(
+                    self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    env=dict(os.environ if self._env is None else self._env), **_NEW_PROCESS_GROUP)
+                threading.Thread(target=self._read_stderr, args=(self._process,), daemon=True).start()
+            self._job = job
+            self._process.stdin.write(json.dumps({"module": job.module, "args": [*job.args, "--progress"]}) + "\n")
+            self._process.stdin.flush()
+            return self._process
+
+    def _read_stderr(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            job = self._job
+            if job is None:
+                continue
+            if line.startswith(DONE_PREFIX):
+                job.exit_code = int(line[len(DONE_PREFIX):].strip() or 1)
+            else:
+                job._take_line(line)
+
+    def close(self) -> None:
+        """End the worker (and anything it started)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            _kill_group(process)
+            process.wait()
+
+
+class WorkerJob(Job):
+    """A command run by a `Worker`: finished when the worker reports its exit status."""
+
+    def __init__(self, worker: Worker, module: str, args: list[str]):
+        super().__init__(module, args)
+        self.module, self.worker, self.exit_code = module, worker, None
+
+    def start(self) -> "WorkerJob":
+        self._process = self.worker._send(self)
+        self.state = "running"
+        return self
+
+    def poll(self) -> str:
+        if self._process is None or self.state != "running":
+            return self.state
+        if self.exit_code is not None:
+            return self._finish(self.exit_code)
+        code = self._process.poll()
+        return self.state if code is None else self._finish(code or 1)  # the worker itself died
+
+    def wait(self, timeout: float | None = None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.argv, timeout)
+            time.sleep(0.05)
+        return self.state
+
+    def cancel(self, grace_seconds: float = 3.0) -> None:
+        if self.poll() != "running":
+            return
+        self._cancelled = True
+        self.worker.close()  # a cancel must stop the computation now: the whole worker tree goes
+        self.poll()
+
+
+DONE_PREFIX = "DONE "  # the worker's line after each command: DONE <exit status>
 
 
 if sys.platform == "win32":
