@@ -1,4 +1,4 @@
-"""Segmentation sub-commands: `segment`, `train`, `calibrate-spacing` and `evaluate`.
+"""Segmentation sub-commands: `segment`, `grow`, `train`, `calibrate-spacing` and `evaluate`.
 
 torch is imported lazily inside the command functions so other sub-commands stay fast.
 """
@@ -20,6 +20,7 @@ def _triple(text: str, kind=float) -> tuple:
 
 def register(subparsers) -> None:
     _register_segment(subparsers)
+    _register_grow(subparsers)
     _register_train(subparsers)
     _register_calibrate(subparsers)
     _register_evaluate(subparsers)
@@ -37,7 +38,9 @@ def _register_segment(subparsers) -> None:
                     "is printed), or DICOM series folders or NIfTI/NRRD/MHA files; ADC/HBV on other grids are "
                     "resampled onto the T2. Inputs from different patients or studies are refused. "
                     "Writes OUT/prostate.nii.gz, zones.nii.gz (1 = PZ, 2 = TZ), probabilities/*.nii.gz, "
-                    "segmentation.seg.nrrd and report.json, all on the T2 grid.",
+                    "segmentation.seg.nrrd and report.json, all on the T2 grid. With ADC and HBV, csPCa lesion "
+                    "candidates too (a rule-based baseline, no training): detection_map.nii.gz, lesions.nii.gz, "
+                    "lesions.json and segments 'Lesion N'.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--study", metavar="DIR",
@@ -60,6 +63,8 @@ def _register_segment(subparsers) -> None:
                    help="CPU threads for torch (default: torch's)")
     p.add_argument("--allow-irregular", action="store_true",
                    help="resample a DICOM series with missing/uneven slices onto a regular grid (else refused)")
+    p.add_argument("--no-lesions", action="store_true",
+                   help="skip the csPCa lesion candidates (otherwise detected whenever ADC and HBV are given)")
     p.set_defaults(func=_segment)
     commands.declare_paths(p, inputs=["study", "t2", "adc", "hbv", "model", "zones_model"], output_dirs=["out"])
 
@@ -82,7 +87,14 @@ def _segment(args) -> int:
     report = pipeline.run(args.t2, args.out, adc=args.adc, hbv=args.hbv, gland_model=args.model,
                           zones_model=args.zones_model, device=args.device, tta=not args.no_tta,
                           progress=args.progress_fn, threads=args.threads, allow_irregular=args.allow_irregular,
-                          study=study, allow_mismatch=args.allow_mismatch, psa=args.psa)
+                          study=study, allow_mismatch=args.allow_mismatch, psa=args.psa, lesions=not args.no_lesions)
+    lesions = report.get("lesions", {})
+    if lesions.get("status") == "detected":
+        passed = lesions["operating_points"]["balanced"]["lesions"]
+        print(f"lesions: {lesions['candidates']} candidate(s), patient score {lesions['patient_score']:.2f}, "
+              f"{len(passed)} at the balanced operating point -> {args.out}/lesions.json")
+    elif lesions.get("status") == "skipped":
+        print(f"note: {lesions['reason']}")
     v = report["volumes_ml"]
     density = ""
     if "psa_density_ng_ml2" in report:
@@ -92,6 +104,54 @@ def _segment(args) -> int:
     for note in report.get("notes", []):
         if "--allow-mismatch" in note:
             print(f"note: {note}")
+    return 0
+
+
+# ---------------------------------------------------------------- grow
+
+def _register_grow(subparsers) -> None:
+    p = subparsers.add_parser(
+        "grow", help="grow a lesion mask from one seed point (click-to-grow)",
+        description="Threshold level set grown from the seed independently on the T2, the high-b DWI and the "
+                    "inverted ADC (each resampled onto the T2), keeping the voxels found on at least 2 of them "
+                    "(Pellicer-Valero 2022); with only a T2, the T2 alone. Writes a 0/1 mask on the T2 grid.",
+    )
+    p.add_argument("--t2", required=True, help="axial T2: DICOM folder or image file")
+    p.add_argument("--adc", help="ADC map (optional)")
+    p.add_argument("--hbv", help="high-b-value DWI (optional)")
+    p.add_argument("--gland", help="gland mask on the T2 grid (optional): limits the mask to the gland and 4 mm "
+                                   "around it; a seed outside it gives a warning")
+    seed = p.add_mutually_exclusive_group(required=True)
+    seed.add_argument("--seed-lps", nargs=3, type=commands.finite_float, metavar=("X", "Y", "Z"),
+                      help="seed in LPS mm (ITK/DICOM patient coordinates)")
+    seed.add_argument("--seed-ras", nargs=3, type=commands.finite_float, metavar=("R", "A", "S"),
+                      help="seed in RAS mm (3D Slicer's coordinates)")
+    p.add_argument("--out", required=True, help="mask to write (.nii.gz, .nrrd, .mha)")
+    p.set_defaults(func=_grow)
+    commands.declare_paths(p, inputs=["t2", "adc", "hbv", "gland"], outputs=["out"])
+
+
+def _grow(args) -> int:
+    import time
+
+    from ProstateAICore.imageio import read_image, write_image
+
+    from . import grow, pipeline
+
+    start = time.perf_counter()
+    seed = grow.seed_to_lps(args.seed_lps, args.seed_ras)
+    t2, _ = pipeline._read(args.t2, "T2")
+    extra = {name: pipeline._read(path, name)[0] if path else None for name, path in (("ADC", args.adc), ("HBV", args.hbv))}
+    gland = read_image(args.gland) if args.gland else None
+    result = grow.grow(t2, seed, adc=extra["ADC"], hbv=extra["HBV"], gland=gland)
+    for warning in result.warnings:
+        print(f"prostateai grow: warning: {warning}", file=sys.stderr)
+    if result.sequences == ["T2"]:
+        print("note: only the T2 was given: the mask is the T2 level set alone (no vote between sequences)")
+    write_image(result.mask, args.out)
+    rule = f"kept where >= {result.votes_needed} agree" if len(result.sequences) > 1 else "T2 alone"
+    print(f"grown on {', '.join(result.sequences)} ({rule}): {result.volume_ml:.3f} mL in "
+          f"{time.perf_counter() - start:.1f} s -> {args.out}")
     return 0
 
 

@@ -44,7 +44,17 @@ from . import segfile
 from .segfile import Segment
 
 FORMATS = ("dicom-seg", "seg.nrrd", "nifti")
-CATEGORY = ("123037004", "SCT", "Anatomical Structure")  # segmented property category of every segment
+CATEGORY = ("123037004", "SCT", "Anatomical Structure")  # segmented property category of anatomy segments
+# Lesion segments ("Lesion <id>", pipeline.LESION_SEGMENT, type SCT 52988006 Lesion): their own category and
+# the prostate as anatomic region.
+LESION_TYPE = "52988006"
+LESION_CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
+LESION_REGION = ("41216001", "SCT", "Prostate")
+
+
+def category_of(code) -> tuple[str, str, str]:
+    """Segmented property category of a segment with SNOMED CT type `code` ((value, meaning) or None)."""
+    return LESION_CATEGORY if code and code[0] == LESION_TYPE else CATEGORY
 GRID_TOLERANCE = 1e-3  # spacing (mm) and direction cosines; NIfTI stores geometry as float32
 INDEX_TOLERANCE = 0.05  # voxels: how far an origin or a slice position may sit from a T2 voxel centre
 TABLE_FORMAT = "prostateai-label-table"
@@ -61,18 +71,23 @@ class Algorithm:
 # ---------------------------------------------------------------- segments
 
 def known_segment(name: str, labelmap: sitk.Image, value: int = 1) -> Segment:
-    """A Segment with the colour and SNOMED CT code of pipeline.SEGMENTS when its name is one of them."""
-    from .pipeline import SEGMENTS
+    """A Segment with the colour and SNOMED CT code of pipeline.SEGMENTS when its name is one of them
+    (or of pipeline.LESION_SEGMENT for "Lesion <id>")."""
+    from .pipeline import LESION_SEGMENT, SEGMENTS
 
     for known, _, _, colour, code in SEGMENTS:
         if known.lower() == name.strip().lower():
             return Segment(known, labelmap, value, colour, code)
+    words = name.split()
+    if len(words) == 2 and words[0].lower() == LESION_SEGMENT[0].lower() and words[1].isdigit():
+        return Segment(name, labelmap, value, LESION_SEGMENT[2], LESION_SEGMENT[3])
     return Segment(name, labelmap, value)
 
 
 def algorithms_from_report(report: dict) -> dict[str, Algorithm]:
-    """Segment name -> the model that made it, from a `segment` report (Prostate: gland model; PZ/TZ: zones)."""
-    from .pipeline import SEGMENTS
+    """Segment name -> the model that made it, from a `segment` report (Prostate: gland model; PZ/TZ: zones;
+    "Lesion <id>": the lesion detector of report["lesions"])."""
+    from .pipeline import LESION_SEGMENT, SEGMENTS
 
     found = {}
     models = report.get("models") if isinstance(report, dict) else None
@@ -80,6 +95,12 @@ def algorithms_from_report(report: dict) -> dict[str, Algorithm]:
         info = models.get("gland" if layer == "prostate" else "zones") if isinstance(models, dict) else None
         if isinstance(info, dict) and info.get("name"):
             found[name] = Algorithm(str(info["name"]), str(info.get("version") or "unversioned"))
+    lesions = report.get("lesions") if isinstance(report, dict) else None
+    detector = lesions.get("detector") if isinstance(lesions, dict) else None
+    if isinstance(detector, dict) and detector.get("name") and isinstance(lesions.get("candidates"), int):
+        for number in range(1, lesions["candidates"] + 1):
+            found[f"{LESION_SEGMENT[0]} {number}"] = Algorithm(str(detector["name"]),
+                                                                 str(detector.get("version") or "unversioned"))
     return found
 
 
@@ -315,7 +336,7 @@ def write_label_maps(segments: list[Segment], out: str | os.PathLike, algorithms
         entry = {"name": segment.name, "colour": [round(float(c), 6) for c in segment.colour],
                  "code": ({"scheme": "SCT", "value": segment.code[0], "meaning": segment.code[1]}
                           if segment.code else None),
-                 "category": {"scheme": CATEGORY[1], "value": CATEGORY[0], "meaning": CATEGORY[2]}}
+                 "category": dict(zip(("value", "scheme", "meaning"), category_of(segment.code)))}
         algorithm = (algorithms or {}).get(segment.name)
         if algorithm:
             entry["algorithm"] = {"name": "ProstateAI", "model": algorithm.model, "version": algorithm.version}
@@ -386,7 +407,7 @@ def _code(code: str, meaning: str):
     from pydicom.sr.codedict import codes
 
     known = {"41216001": codes.SCT.Prostate, "279706003": codes.SCT.PeripheralZoneOfTheProstate,
-             "399384005": codes.SCT.TransitionZoneOfTheProstate}
+             "399384005": codes.SCT.TransitionZoneOfTheProstate, LESION_TYPE: codes.SCT.Lesion}
     return known.get(code) or hd.sr.CodedConcept(code, "SCT", meaning)
 
 
@@ -405,12 +426,11 @@ def dicom_seg(segments: list[Segment], t2_folder: str | os.PathLike, algorithms:
             raise InputError(f"Segment '{segment.name}' is not on the same grid as '{segments[0].name}'.")
     sources = source_slices(t2_folder, grid)
     corrected = set(corrected)
-    category = hd.sr.CodedConcept(*CATEGORY)
     descriptions = []
     for number, segment in enumerate(segments, start=1):
         if not segment.code:
             raise InputError(f"Segment '{segment.name}' has no SNOMED CT code; a DICOM SEG segment needs one "
-                             "(ProstateAI knows Prostate, PZ and TZ: name the segment so).")
+                             "(ProstateAI knows Prostate, PZ, TZ and Lesion <n>: name the segment so).")
         algorithm = (algorithms or {}).get(segment.name)
         if segment.name in corrected:
             kind, identification = hd.seg.SegmentAlgorithmTypeValues.MANUAL, None
@@ -426,8 +446,10 @@ def dicom_seg(segments: list[Segment], t2_folder: str | os.PathLike, algorithms:
                              "corrected it.")
         rgb = [int(round(255 * min(max(float(c), 0.0), 1.0))) for c in segment.colour]
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=segment.name[:64], segmented_property_category=category,
+            segment_number=number, segment_label=segment.name[:64],
+            segmented_property_category=hd.sr.CodedConcept(*category_of(segment.code)),
             segmented_property_type=_code(*segment.code), algorithm_type=kind,
+            anatomic_regions=[hd.sr.CodedConcept(*LESION_REGION)] if segment.code[0] == LESION_TYPE else None,
             algorithm_identification=identification, display_color=hd.color.CIELabColor.from_rgb(*rgb)))
     masks = np.stack([segment.mask() for segment in segments], axis=-1).astype(np.uint8)  # (z, y, x, segment)
     if not masks.any():

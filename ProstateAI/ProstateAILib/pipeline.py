@@ -37,6 +37,10 @@ SEGMENTS = (
     ("PZ", "zones", 1, (0.30, 0.69, 0.29), ("279706003", "Peripheral zone of the prostate")),
     ("TZ", "zones", 2, (0.22, 0.49, 0.72), ("399384005", "Transition zone of the prostate")),
 )
+# Lesion candidates (lesions.py) become segments "Lesion 1", "Lesion 2", ... (label value = id, layer
+# "lesions"): SNOMED CT type Lesion, category Morphologically abnormal structure, region Prostate (export.py).
+LESION_SEGMENT = ("Lesion", "lesions", (0.90, 0.16, 0.16), ("52988006", "Lesion"))
+LESIONS_SKIPPED = "lesions skipped: needs --adc and --hbv"
 
 
 class NoProstateFound(InputError):
@@ -56,6 +60,9 @@ class Result:
     zones: sitk.Image  # uint8, 1 = PZ, 2 = TZ, T2 grid
     probabilities: dict[str, sitk.Image]  # float32 on the T2 grid
     report: dict
+    detection_map: sitk.Image | None = None  # float32, each lesion candidate filled with its score (lesions.py)
+    lesion_labels: sitk.Image | None = None  # uint8 candidate ids 1..N, T2 grid
+    lesions: dict | None = None  # lesions.json (lesions.lesion_table)
 
 
 # ---------------------------------------------------------------- inputs
@@ -193,20 +200,22 @@ def voxel_ml(image: sitk.Image) -> float:
 
 
 def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | None = None, device: str = "auto",
-            tta: bool = True, progress: ProgressFn | None = None, threads: int | None = None) -> Result:
-    """Run the cascade on prepared inputs. Raises NoProstateFound when the gland is absent."""
+            tta: bool = True, progress: ProgressFn | None = None, threads: int | None = None,
+            lesions: bool = True) -> Result:
+    """Run the cascade on prepared inputs (and, with ADC and HBV, the lesion detector unless `lesions`
+    is False). Raises NoProstateFound when the gland is absent."""
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _segment(inputs, gland_model, zones_model, models.pick_device(device), tta, progress)
+        return _segment(inputs, gland_model, zones_model, models.pick_device(device), tta, progress, lesions)
     finally:
         torch.set_num_threads(previous_threads)  # in Slicer the process (and torch) is shared
 
 
-def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress) -> Result:
+def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress, lesions: bool = True) -> Result:
     from .inference import predict_probabilities
     from .postprocess import foreground_mask
 
@@ -248,6 +257,16 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress)
     zones = np.where(prostate, np.where(tz, 2, 1), 0).astype(np.uint8)
     timings["zones"] = time.perf_counter() - t0
 
+    detection = None  # csPCa lesion candidates (lesions.py) when ADC and HBV are there
+    if lesions and {"ADC", "HBV"} <= set(inputs.extra):
+        from . import lesions as detector
+
+        t0 = time.perf_counter()
+        array = sitk.GetArrayViewFromImage
+        detection = detector.detect(array(inputs.t2), array(inputs.extra["ADC"]), array(inputs.extra["HBV"]),
+                                    zones, inputs.t2.GetSpacing(), prostate)
+        timings["lesions"] = time.perf_counter() - t0
+
     ml = voxel_ml(inputs.t2)
     back = lambda array, dtype: _to_input_axes(image_like(array, inputs.t2, dtype), original_t2)  # noqa: E731
     report = {
@@ -270,9 +289,23 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress)
     report["quality"] = quality.verdict(
         quality.input_metrics(sitk.GetArrayViewFromImage(inputs.t2), t2_source.get("series_description")),
         quality.prediction_metrics(prostate, int(np.count_nonzero(p_gland >= threshold1)), p_gland, ml))
-    unused = sorted(set(inputs.extra) - {c.upper() for c in meta1.get("channels", []) + meta2.get("channels", [])})
+    used = {c.upper() for c in meta1.get("channels", []) + meta2.get("channels", [])}
+    unused = sorted(set(inputs.extra) - used - ({"ADC", "HBV"} if detection is not None else set()))
     if unused:
         report["notes"] = [f"{', '.join(unused)} checked and resampled onto the T2 but not used by these models."]
+    table = None
+    if detection is not None:
+        from . import lesions as detector
+
+        table = detector.lesion_table(detection, inputs.t2)  # physical centroids: any axis order gives the same
+        report["lesions"] = {"status": "detected", "detector": table["detector"], "patient_score": table["patient_score"],
+                             "candidates": len(table["lesions"]),
+                             "operating_points": table["operating_points"], "file": "lesions.json"}
+    elif lesions:
+        report["lesions"] = {"status": "skipped", "reason": LESIONS_SKIPPED}
+        report.setdefault("notes", []).append(LESIONS_SKIPPED)
+    else:
+        report["lesions"] = {"status": "not run", "reason": "--no-lesions"}
     probabilities = {  # values below 1e-3 are set to 0: smaller files, no visible difference
         "prostate": back(_clean(p_gland), np.float32),
         "TZ": back(_clean(p_tz * prostate), np.float32),
@@ -280,7 +313,12 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress)
     }
     if progress is not None:
         progress(1.0, "segmentation done")
-    return Result(back(prostate, np.uint8), back(zones, np.uint8), probabilities, report)
+    result = Result(back(prostate, np.uint8), back(zones, np.uint8), probabilities, report)
+    if detection is not None:
+        result.detection_map = back(detection.detection_map, np.float32)
+        result.lesion_labels = back(detection.labels, np.uint8)
+        result.lesions = table
+    return result
 
 
 def _clean(probability: np.ndarray, floor: float = 1e-3) -> np.ndarray:
@@ -297,11 +335,28 @@ def _model_info(metadata: dict, threshold: float) -> dict:
 # ---------------------------------------------------------------- outputs
 
 def label_layers(result: Result) -> dict[str, sitk.Image]:
-    return {"prostate": result.prostate, "zones": result.zones}
+    layers = {"prostate": result.prostate, "zones": result.zones}
+    if result.lesion_labels is not None:
+        layers[LESION_SEGMENT[1]] = result.lesion_labels
+    return layers
+
+
+def lesion_segments(result: Result) -> list:
+    """segfile.Segments "Lesion <id>" of the result's lesion candidates (none without detection)."""
+    from . import segfile
+
+    if result.lesion_labels is None or not result.lesions:
+        return []
+    name, _, colour, code = LESION_SEGMENT
+    return [segfile.Segment(f"{name} {entry['id']}", result.lesion_labels, int(entry["id"]), colour, code)
+            for entry in sorted(result.lesions["lesions"], key=lambda e: e["id"])]
 
 
 def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, started: float | None = None) -> Path:
     """Write every output into a staging folder that then replaces OUT as a whole (imageio.staged_folder).
+
+    With lesion candidates (result.detection_map): detection_map.nii.gz, lesions.nii.gz and lesions.json,
+    and the candidates as segments "Lesion <id>" in the segmentation files.
 
     With `write_seg`: segmentation.seg.nrrd, and segmentation.dcm (DICOM SEG, see export.py) when the T2
     was read from a DICOM series (report["inputs"]["T2"]); when the SEG cannot reference that series
@@ -322,10 +377,14 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, starte
             # fast compression level: probability maps are mostly exact zeros (see `segment`)
             write_image_file(image, staging / "probabilities" / f"{name}.nii.gz",
                              shown=out / "probabilities" / f"{name}.nii.gz", level=1)
+        if result.detection_map is not None:
+            write_image_file(result.detection_map, staging / "detection_map.nii.gz", shown=out / "detection_map.nii.gz")
+            write_image_file(result.lesion_labels, staging / "lesions.nii.gz", shown=out / "lesions.nii.gz")
+            (staging / "lesions.json").write_text(json.dumps(result.lesions, indent=2))
         if write_seg:
             layers = label_layers(result)
             segments = [segfile.Segment(name, layers[layer], value, colour, code)
-                        for name, layer, value, colour, code in SEGMENTS]
+                        for name, layer, value, colour, code in SEGMENTS] + lesion_segments(result)
             segfile.write_seg_nrrd(segments, staging / "segmentation.seg.nrrd")
             t2_source = result.report.get("inputs", {}).get("T2", {})
             if t2_source.get("kind") == "dicom-series":  # DICOM SEG referencing the T2 series' own files
@@ -347,13 +406,14 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, starte
 
 def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device="auto", tta=True,
         progress: ProgressFn | None = None, threads: int | None = None, allow_irregular: bool = False,
-        study=None, allow_mismatch: bool = False, psa: float | None = None) -> dict:
+        study=None, allow_mismatch: bool = False, psa: float | None = None, lesions: bool = True) -> dict:
     """Load -> segment -> write (the whole `prostateai segment`); returns the report.
 
     `study`: a DICOM study folder (or a `study.StudySelection` made from one) instead of t2/adc/hbv:
     the axial T2, the ADC and the highest-b DWI are chosen from it and the choice goes into the
     report ("study"). Inputs from different patients or studies are refused unless `allow_mismatch`.
     `psa` (ng/mL): the report gets it and the PSA density (PSA / prostate volume in mL).
+    `lesions`: detect csPCa lesion candidates (lesions.py) when ADC and HBV are given (False: skip).
     """
     import contextlib
 
@@ -382,7 +442,8 @@ def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device=
             notes = studies.check_same_patient(identities, allow_mismatch)
             inputs = read_inputs(t2, adc, hbv, allow_irregular)
         load_s = time.perf_counter() - t0
-        result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads)
+        result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads,
+                         lesions=lesions)
         result.report["timings_s"] = {"read_inputs": round(load_s, 3), **result.report["timings_s"]}
         if selection is not None:
             result.report["study"] = selection.as_report()
