@@ -19,8 +19,10 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m ProstateAIApp.demo --out demo-output
 
-# System tools the tests use: dciodvfy (dicom3tools) validates the DICOM SEG exports. Installed with apt-get
-# when running as root on Debian/Ubuntu; otherwise (or if that fails) a note, and those tests are skipped.
+# System tools the tests use: dciodvfy (dicom3tools) validates the DICOM SEG exports; Chromium runs the
+# browser app's tests (Testing/test_browser.py, driven by Playwright with this Chromium: Playwright's own
+# browser download is not used). Installed with apt-get when running as root on Debian/Ubuntu; otherwise
+# (or if that fails) a note, and those tests are skipped.
 tools:
 	@command -v dciodvfy >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -28,6 +30,13 @@ tools:
 	      || echo "note: could not install dicom3tools (dciodvfy); the DICOM SEG validation tests will be skipped"; \
 	  else \
 	    echo "note: dciodvfy is missing; install dicom3tools (sudo apt-get install dicom3tools) to run the DICOM SEG validation tests"; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: could not install chromium; the browser tests (Testing/test_browser.py) will be skipped"; \
+	  else \
+	    echo "note: chromium is missing; install it (sudo apt-get install chromium) to run the browser tests"; \
 	  fi; }
 
 test: $(STAMP) tools

@@ -1,7 +1,7 @@
 """`prostateai`: one command line with every module's sub-commands (CT, MR, segmentation).
 
-Each Lib's `cli.register` adds its own sub-commands; the runner (errors as one line, exit 2; Ctrl-C
-exit 130; `--progress` lines for jobs) is ProstateAICore.commands.
+Each Lib's `cli.register` adds its own sub-commands (and `view.register` the browser app's); the runner
+(errors as one line, exit 2; Ctrl-C exit 130; `--progress` lines for jobs) is ProstateAICore.commands.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     from MRStandardizeLib import cli as mr_cli
     from ProstateAILib import cli as seg_cli
 
-    return commands.main([ct_cli.register, mr_cli.register, seg_cli.register], argv, "prostateai", DESCRIPTION)
+    from . import view  # the browser app (`prostateai view`); trame is imported only when it runs
+
+    return commands.main([ct_cli.register, mr_cli.register, seg_cli.register, view.register], argv, "prostateai",
+                         DESCRIPTION)
 
 
 def run() -> None:

@@ -3,99 +3,25 @@
 slicer-core gives the real MRML scene and logics but not `slicer.ScriptedLoadableModule`,
 `slicer.parameterNodeWrapper`, `qt` or `ctk`, which only exist inside the Slicer application. To
 import a module file (`CTPreprocess.py` ...) and test its Logic on a real scene, `install()` puts
-minimal framework modules in their place. Widgets are never instantiated here; their wiring is
+minimal framework modules in their place (the browser app's stand-ins,
+`ProstateAIApp.view.slicer_module`), and `make_scene()` builds a scene with the module logics. Widgets are never instantiated here; their wiring is
 checked structurally against the .ui files instead.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import types
 
 import slicer
 import vtk
 
 
-def _module(name: str, **attrs) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    module.__headless_stub__ = True
-    return module
-
-
-class ScriptedLoadableModule:
-    def __init__(self, parent=None):
-        self.parent = parent
-
-
-class ScriptedLoadableModuleWidget:
-    def __init__(self, parent=None):
-        self.parent = parent
-
-
-class ScriptedLoadableModuleLogic:
-    def __init__(self, parent=None):
-        self.parent = parent
-
-
-class ScriptedLoadableModuleTest:
-    def delayDisplay(self, message, msec=None):
-        """In Slicer this shows the message for a while; headless it is only logged (and kept for tests)."""
-        self.displayedMessages = getattr(self, "displayedMessages", []) + [message]
-        logging.info(message)
-
-
-def parameterNodeWrapper(cls):
-    """The real decorator generates typed accessors; the class annotations are what tests read."""
-    cls.__parameter_node_wrapper__ = True
-    return cls
-
-
-class _Marker:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-# One class per validator, as in Slicer, so annotations can be told apart when read back.
-WithinRange, Choice, Default, Minimum, Maximum, Decimals = (
-    type(name, (_Marker,), {}) for name in ("WithinRange", "Choice", "Default", "Minimum", "Maximum", "Decimals")
-)
-
-
 def install() -> None:
-    """Register the stand-ins (only where the real modules are absent)."""
-    try:
-        import qt  # noqa: F401  (inside Slicer: nothing to do)
-        return
-    except ImportError:
-        pass
-    sys.modules.setdefault("qt", _module("qt"))
-    sys.modules.setdefault("ctk", _module("ctk"))
-    slm = _module(
-        "slicer.ScriptedLoadableModule",
-        ScriptedLoadableModule=ScriptedLoadableModule,
-        ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
-        ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest=ScriptedLoadableModuleTest,
-    )
-    slm.__all__ = [n for n in vars(slm) if n.startswith("Scripted")]
-    pnw = _module(
-        "slicer.parameterNodeWrapper",
-        parameterNodeWrapper=parameterNodeWrapper,
-        WithinRange=WithinRange,
-        Choice=Choice,
-        Default=Default,
-        Minimum=Minimum,
-        Maximum=Maximum,
-        Decimals=Decimals,
-    )
-    sys.modules["slicer.ScriptedLoadableModule"] = slm
-    sys.modules["slicer.parameterNodeWrapper"] = pnw
-    slicer.ScriptedLoadableModule = slm
-    slicer.parameterNodeWrapper = pnw
-    if not hasattr(slicer.util, "VTKObservationMixin"):
-        slicer.util.VTKObservationMixin = type("VTKObservationMixin", (), {})
+    """Register the stand-ins (only where the real modules are absent): the browser app's, so the
+    tests import the module files exactly as the app does."""
+    from ProstateAIApp.view.slicer_module import install_stand_ins
+
+    install_stand_ins()
     vtk  # noqa: B018  (vtk must be importable: module files import it)
 
 
