@@ -30,7 +30,7 @@ from slicer.ScriptedLoadableModule import *  # noqa: F403
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-from ProstateAILib import models, pipeline, review, segfile
+from ProstateAILib import models, pipeline, review
 from ProstateAICore.errors import Cancelled, InputError
 from ProstateAICore.imageio import read_image, validate_volume, write_text
 from ProstateAICore.jobs import Worker, job_environment, job_python, require_done, start_job
@@ -302,10 +302,16 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), title, default, pattern)
         return path or None
 
+    EXPORT_FILES = {"seg.nrrd": (".seg.nrrd", "Slicer segmentation (*.seg.nrrd)"),
+                    "nifti": (".nii.gz", "NIfTI label map + JSON label table (*.nii.gz)"),
+                    "dicom-seg": (".dcm", "DICOM SEG (*.dcm)")}
+
     def onExport(self) -> None:
-        path = self._savePath("Export segmentation", f"{self._accepted.GetName()}.seg.nrrd", "Segmentation (*.seg.nrrd)")
+        fmt = self.ui.exportFormatComboBox.currentText
+        suffix, pattern = self.EXPORT_FILES[fmt]
+        path = self._savePath("Export segmentation", f"{self._accepted.GetName()}{suffix}", pattern)
         if path:
-            self._review("Export", lambda: f"Wrote {self.logic.exportSegmentation(self._accepted, self._t2, path)}")
+            self._review("Export", lambda: f"Wrote {self.logic.exportSegmentation(self._accepted, self._t2, path, fmt)}")
 
     def onSaveRecord(self) -> None:
         path = self._savePath("Save review record", f"{self._accepted.GetName()}-review.json", "JSON (*.json)")
@@ -749,20 +755,49 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise InputError("The segmentation has no Prostate segment.")
         return review.psa_density(psa, float(arrays["Prostate"].sum()) * float(np.prod(t2Node.GetSpacing())) / 1000.0)
 
-    @staticmethod
-    def exportSegmentation(segmentationNode, t2Node, path: str) -> str:
-        """Write the segmentation as a .seg.nrrd on the T2 grid (Prostate, PZ, TZ layers as `segment` writes)."""
-        arrays = segment_arrays(segmentationNode, t2Node)
+    EXPORT_FORMATS = ("seg.nrrd", "nifti", "dicom-seg")
+
+    def exportSegmentation(self, segmentationNode, t2Node, path: str, fmt: str = "seg.nrrd", t2Source=None) -> str:
+        """Write the segmentation on the T2 grid as a .seg.nrrd, NIfTI label maps + JSON label table, or
+        a DICOM SEG (ProstateAILib.export, the code `prostateai export` runs).
+
+        The DICOM SEG references the T2's DICOM files: `t2Source` (its series folder) or, in Slicer,
+        the files Slicer's DICOM database loaded the T2 from. AI segments are identified by the model
+        that made them; segments a person changed after Accept (or drew) are MANUAL.
+        """
+        from ProstateAILib import export
+
+        if fmt not in self.EXPORT_FORMATS:
+            raise InputError(f"Unknown export format '{fmt}'; choose one of {', '.join(self.EXPORT_FORMATS)}.")
         t2 = image_from_volume_node(t2Node)
-        colours = {name: colour for name, _, _, colour, _ in pipeline.SEGMENTS}
-        codes = {name: code for name, _, _, _, code in pipeline.SEGMENTS}
         segments = []
-        for name, array in arrays.items():
+        for name, array in segment_arrays(segmentationNode, t2Node).items():
             image = sitk.GetImageFromArray(array)
             image.CopyInformation(t2)
-            segments.append(segfile.Segment(name, image, 1, colours.get(name, (0.5, 0.5, 0.5)), codes.get(name)))
-        segfile.write_seg_nrrd(segments, path)
+            segments.append(export.known_segment(name, image))
+        algorithms = export.algorithms_from_report(self.reportOf(segmentationNode))
+        corrected = {s.name for s in segments if s.name not in algorithms}  # drawn by a person
+        accepted = self._aiResults.get(segmentationNode.GetID())
+        if accepted is not None:
+            record = self.reviewRecord(segmentationNode, t2Node)
+            corrected |= {name for name, facts in record["segments"].items() if facts["edited"]}
+        source = t2Source or (self._dicomFolderOf(t2Node) if fmt == "dicom-seg" else None)
+        if fmt == "dicom-seg" and source is None:
+            raise InputError(f"A DICOM SEG needs the T2's DICOM files; '{t2Node.GetName()}' was not loaded from "
+                             "Slicer's DICOM database. Export .seg.nrrd or NIfTI instead.")
+        export.export_segmentation(segments, source, fmt, path, algorithms, sorted(corrected))
         return path
+
+    @staticmethod
+    def _dicomFolderOf(volumeNode):
+        """The folder of the DICOM files Slicer loaded a volume from (None when it did not come from DICOM)."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        files = [database.fileForInstance(uid) for uid in uids]
+        folders = {os.path.dirname(f) for f in files if f}
+        return folders.pop() if len(folders) == 1 else None
 
     # -- display ------------------------------------------------------------------------------------
 

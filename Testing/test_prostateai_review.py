@@ -177,17 +177,38 @@ def test_edit_recompute_zones_and_review_record(fresh, tmp_path):
     assert density == pytest.approx(6.0 / (final["Prostate"].sum() * ml), abs=1e-3)
 
 
-def test_export_round_trips(fresh, tmp_path):
+def test_export_round_trips(fresh, tmp_path, prostatex_case):
+    """seg.nrrd, NIfTI + label table and DICOM SEG from the Logic (the code `prostateai export` runs);
+    a segment edited after Accept is MANUAL in the DICOM SEG, the others carry the model."""
     scene, logic, t2_node, preview = fresh
-    from ProstateAILib import segfile
+    import highdicom as hd
+    from ProstateAILib import export, segfile
 
     target = logic.acceptPreview(preview, t2_node)
-    path = logic.exportSegmentation(target, t2_node, str(tmp_path / "reviewed.seg.nrrd"))
-    back = segfile.read_seg_nrrd(path)
+    edited = arrays(target, t2_node)["TZ"].copy()
+    edited[int(np.flatnonzero(edited.any(axis=(1, 2))).max())] = False
+    logic._setSegmentArrays(target, t2_node, {"TZ": edited})
     expected = arrays(target, t2_node)
-    assert list(back) == NAMES
+
+    back = segfile.read_seg_nrrd(logic.exportSegmentation(target, t2_node, str(tmp_path / "reviewed.seg.nrrd")))
+    assert [name for name in back if not name.startswith("Lesion")] == NAMES
     for name in NAMES:
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back[name]) > 0, expected[name], err_msg=name)
+
+    logic.exportSegmentation(target, t2_node, str(tmp_path / "reviewed.nii.gz"), "nifti")
+    loaded = export.read_segments(tmp_path / "reviewed.nii.gz")
+    assert {s.name for s in loaded.segments} >= set(NAMES) and loaded.corrected == {"TZ"}
+    for segment in loaded.segments:
+        if segment.name in NAMES:
+            np.testing.assert_array_equal(segment.mask(), expected[segment.name], err_msg=segment.name)
+
+    with pytest.raises(Exception, match="needs the T2's DICOM files"):
+        logic.exportSegmentation(target, t2_node, str(tmp_path / "no.dcm"), "dicom-seg")
+    path = logic.exportSegmentation(target, t2_node, str(tmp_path / "reviewed.dcm"), "dicom-seg",
+                                    t2Source=str(prostatex_case / "t2w"))
+    seg = hd.seg.segread(path)
+    kinds = {d.SegmentLabel: d.SegmentAlgorithmType for d in seg.SegmentSequence}
+    assert kinds["TZ"] == "MANUAL" and kinds["Prostate"] == "AUTOMATIC" and kinds["PZ"] == "AUTOMATIC"
 
 
 def test_a_corrected_slicer_seg_nrrd_trains(fresh, tmp_path, prostatex_case):

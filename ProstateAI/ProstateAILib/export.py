@@ -55,6 +55,8 @@ LESION_REGION = ("41216001", "SCT", "Prostate")
 def category_of(code) -> tuple[str, str, str]:
     """Segmented property category of a segment with SNOMED CT type `code` ((value, meaning) or None)."""
     return LESION_CATEGORY if code and code[0] == LESION_TYPE else CATEGORY
+
+
 GRID_TOLERANCE = 1e-3  # spacing (mm) and direction cosines; NIfTI stores geometry as float32
 INDEX_TOLERANCE = 0.05  # voxels: how far an origin or a slice position may sit from a T2 voxel centre
 TABLE_FORMAT = "prostateai-label-table"
