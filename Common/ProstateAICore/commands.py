@@ -72,25 +72,25 @@ def finite_float(text: str) -> float:
     return _number(float, text, "a number")
 
 
-def bounded_float(lo: float, hi: float, what: str = "value") -> Callable[[str], float]:
-    """A number in [lo, hi] (e.g. a voxel size in mm, a fraction)."""
-    def parse(text: str) -> float:
-        value = _number(float, text, "a number")
+def _bounded(kind, lo, hi, what: str, noun: str) -> Callable[[str], float | int]:
+    def parse(text: str):
+        value = _number(kind, text, noun)
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must lie in [{lo:g}, {hi:g}] (got {text})")
+            shown = f"[{lo:g}, {hi:g}]" if kind is float else f"[{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"{what} must lie in {shown} (got {text})")
         return value
     parse.__name__ = what  # argparse names the type in its message
     return parse
 
 
+def bounded_float(lo: float, hi: float, what: str = "value") -> Callable[[str], float]:
+    """A number in [lo, hi] (e.g. a voxel size in mm, a fraction)."""
+    return _bounded(float, lo, hi, what, "a number")
+
+
 def bounded_int(lo: int, hi: int, what: str = "value") -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _number(int, text, "a whole number")
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{what} must lie in [{lo}, {hi}] (got {text})")
-        return value
-    parse.__name__ = what
-    return parse
+    """A whole number in [lo, hi] (e.g. a size in voxels, a thread count)."""
+    return _bounded(int, lo, hi, what, "a whole number")
 
 
 # ------------------------------------------------------------------------------ declared paths
