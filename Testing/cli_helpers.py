@@ -15,3 +15,19 @@ def refused(argv, capsys, *expected) -> str:
     for text in expected:
         assert text in err, err
     return err
+
+
+def dciodvfy_errors(path) -> tuple[list[str], str]:
+    """(lines with "Error", whole output) of dciodvfy (dicom3tools) on a DICOM file; skips the test
+    when dciodvfy is missing (`make test` installs it as root)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed and could not be: `make tools` or "
+                    "`apt-get install dicom3tools` installs it")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    output = run.stdout + run.stderr
+    return [line for line in output.splitlines() if "Error" in line], output

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import SimpleITK as sitk
 from ProstateAICore.errors import InputError
 from ProstateAICore.imageio import read_image
 from ProstateAILib import cli, export, segfile
+from cli_helpers import dciodvfy_errors, refused as _refused
 
 pytestmark = pytest.mark.data
 
@@ -119,25 +119,6 @@ def seg_on_t2_grid(path: Path, t2_folder: Path, t2: sitk.Image) -> dict[str, np.
     for number, name in labels.items():
         np.testing.assert_array_equal(stacked[..., sorted(labels).index(number)].astype(bool), volumes[name], name)
     return volumes
-
-
-def dciodvfy_errors(path: Path) -> tuple[list[str], str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed and could not be: `make tools` or "
-                    "`apt-get install dicom3tools` installs it")
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    output = run.stdout + run.stderr
-    return [line for line in output.splitlines() if "Error" in line], output
-
-
-def _refused(argv, capsys, *expected) -> str:
-    capsys.readouterr()
-    assert cli.main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 # ---------------------------------------------------------------- seg.nrrd and NIfTI

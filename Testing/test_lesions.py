@@ -11,8 +11,6 @@ Full `segment` runs are few: one on ProstateX-0000, three short ones on the smal
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from ProstateAICore.errors import InputError
 from ProstateAICore.imageio import read_image
 from ProstateAIApp.cli import main
 from ProstateAILib import export, grow, lesion_metrics, lesions, pipeline, segfile
+from cli_helpers import dciodvfy_errors, refused as _refused
 
 pytestmark = pytest.mark.data
 
@@ -39,15 +38,6 @@ def _run(argv, capsys) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def _refused(argv, capsys, *expected) -> str:
-    code, _, err = _run(argv, capsys)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -197,14 +187,6 @@ def test_seg_nrrd_holds_the_lesion_segments(px_out):
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(segments[f"Lesion {number}"]) == 1, labels == number)
 
 
-def _dciodvfy_errors(path: Path) -> tuple[list[str], str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed: `make tools` or `apt-get install dicom3tools`")
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-    output = run.stdout + run.stderr
-    return [line for line in output.splitlines() if "Error" in line], output
-
-
 def test_dicom_seg_holds_the_lesion_segments(px_out):
     dataset = pydicom.dcmread(px_out / "segmentation.dcm", stop_before_pixels=True)
     report = json.loads((px_out / "report.json").read_text())
@@ -220,7 +202,7 @@ def test_dicom_seg_holds_the_lesion_segments(px_out):
         algorithm = d.SegmentationAlgorithmIdentificationSequence[0]
         assert algorithm.AlgorithmVersion == f"{report['lesions']['detector']['name']} {report['lesions']['detector']['version']}"
     assert found["Prostate"].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
-    errors, output = _dciodvfy_errors(px_out / "segmentation.dcm")
+    errors, output = dciodvfy_errors(px_out / "segmentation.dcm")
     assert not errors, output
 
 

@@ -209,6 +209,10 @@ def test_export_round_trips(fresh, tmp_path, prostatex_case):
     seg = hd.seg.segread(path)
     kinds = {d.SegmentLabel: d.SegmentAlgorithmType for d in seg.SegmentSequence}
     assert kinds["TZ"] == "MANUAL" and kinds["Prostate"] == "AUTOMATIC" and kinds["PZ"] == "AUTOMATIC"
+    from cli_helpers import dciodvfy_errors
+
+    errors, output = dciodvfy_errors(path)
+    assert errors == [], output
 
 
 def test_a_corrected_slicer_seg_nrrd_trains(fresh, tmp_path, prostatex_case):
