@@ -32,7 +32,7 @@ from slicer.util import VTKObservationMixin
 
 from ProstateAILib import models, pipeline, review
 from ProstateAICore.errors import Cancelled, InputError
-from ProstateAICore.imageio import read_image, validate_volume, write_text
+from ProstateAICore.imageio import read_image, read_json, validate_volume, write_text
 from ProstateAICore.jobs import Worker, job_environment, job_python, require_done, start_job
 from ProstateAIWidgetBase import JobPollingWidgetMixin, ParameterNodeWidgetMixin
 from ProstateAIMRML import add_segmentation_node, describe_volume, image_from_volume_node, segment_arrays
@@ -113,6 +113,8 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.operatingPointComboBox.connect("currentIndexChanged(int)", lambda *_: self.onOperatingPoint())
+        self.ui.lesionTable.connect("cellClicked(int,int)", self.onLesionClicked)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         for button, handler in ((self.ui.acceptButton, self.onAccept), (self.ui.rejectButton, self.onReject),
                                 (self.ui.undoButton, self.onUndo), (self.ui.editButton, self.onEdit),
@@ -146,7 +148,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
 
     def onSceneStartClose(self, caller, event) -> None:
         self.discardRunningJob()
-        self._preview = self._accepted = self._t2 = None  # their nodes go with the scene
+        self._preview = self._accepted = self._t2 = self._lesionNode = None  # their nodes go with the scene
         super().onSceneStartClose(caller, event)
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
@@ -236,7 +238,35 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         self.ui.qualityLabel.text = text
         self.ui.qualityLabel.setStyleSheet(f"QLabel {{ background-color: {colour}; color: black; padding: 4px; }}")
         self.ui.reviewStatusLabel.text = "Review the preview, then Accept or Reject."
+        self._showLesions(segmentationNode)
         self._updateButtons()
+
+    # -- lesions ------------------------------------------------------------------------------------
+
+    def _showLesions(self, segmentationNode) -> None:
+        """Fill the lesion table (and the markup points) from the segmentation's lesion candidates."""
+        rows = self.logic.lesionTable(segmentationNode)
+        self._lesionRows, self._lesionNode = rows, segmentationNode
+        self.ui.lesionTable.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            values = (f"L{row['id']}", f"{row['score']:.2f}", str(row["isup_class"] or "-"), f"{row['volume_ml']:.2f}",
+                      row["zone"] or "-")
+            for column, value in enumerate(values):
+                self.ui.lesionTable.setItem(index, column, qt.QTableWidgetItem(value))
+        if rows:
+            self.logic.showLesionMarkups(segmentationNode)
+            self.onOperatingPoint()
+
+    def onOperatingPoint(self) -> None:
+        if getattr(self, "_lesionNode", None) is not None:
+            self._review("Operating point", lambda: f"Showing lesion candidates {self.logic.setOperatingPoint(self._lesionNode, self.ui.operatingPointComboBox.currentText)}")
+
+    def onLesionClicked(self, rowIndex: int, column: int) -> None:
+        rows = getattr(self, "_lesionRows", [])
+        if 0 <= rowIndex < len(rows):
+            lesion = rows[rowIndex]["id"]
+            self._review("Centre", lambda: "Centred on L{} at R {:.1f}, A {:.1f}, S {:.1f} mm".format(
+                lesion, *self.logic.centreOnLesion(self._lesionNode, lesion)))
 
     # -- review -------------------------------------------------------------------------------------
 
@@ -267,6 +297,7 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         def accept():
             self._accepted = self.logic.acceptPreview(self._preview, self._t2, self._parameterNode.targetSegmentation)
             self._preview = None
+            self._showLesions(self._accepted)
             self._showPsaDensity()
             return f"Accepted into '{self._accepted.GetName()}'. Correct it in the Segment Editor, then export."
         self._review("Accept", accept)
@@ -331,6 +362,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
     SOURCE_ATTRIBUTE = "ProstateAI.Source"  # ID of the T2 volume a segmentation was computed from
     SEGMENTATION_FILE = "segmentation.seg.nrrd"
     PREVIEW_ATTRIBUTE = "ProstateAI.Preview"  # "1" on an AI result not accepted yet
+    LESIONS_ATTRIBUTE = "ProstateAI.Lesions"  # JSON lesions table (lesions.json) of the run
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
@@ -465,9 +497,14 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     @staticmethod
     def addSegmentation(t2Node, result, name=None):
-        """A new segmentation node (Prostate, PZ, TZ) from a pipeline.Result on the T2 node's grid."""
-        return add_segmentation_node(t2Node.GetScene(), t2Node, pipeline.label_layers(result), pipeline.SEGMENTS,
-                                     name or f"{t2Node.GetName()} segmentation")
+        """A new segmentation node (Prostate, PZ, TZ, and Lesion <id> when lesions were detected) from a
+        pipeline.Result on the T2 node's grid."""
+        lesions = [(s.name, pipeline.LESION_SEGMENT[1], s.value, s.colour, s.code) for s in pipeline.lesion_segments(result)]
+        node = add_segmentation_node(t2Node.GetScene(), t2Node, pipeline.label_layers(result),
+                                     list(pipeline.SEGMENTS) + lesions, name or f"{t2Node.GetName()} segmentation")
+        if result.lesions:
+            node.SetAttribute(ProstateAILogic.LESIONS_ATTRIBUTE, json.dumps(result.lesions))
+        return node
 
     def _keepReport(self, node, t2Node, report: dict) -> None:
         node.SetAttribute(self.REPORT_ATTRIBUTE, json.dumps(report))
@@ -552,6 +589,8 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             node = self.loadSegmentationFile(os.path.join(out, self.SEGMENTATION_FILE), t2Node,
                                              name or f"{t2Node.GetName()} AI preview")
             self._keepReport(node, t2Node, report)
+            if os.path.isfile(os.path.join(out, "lesions.json")):
+                node.SetAttribute(self.LESIONS_ATTRIBUTE, json.dumps(read_json(os.path.join(out, "lesions.json"))))
             probabilities = os.path.join(out, "probabilities")
             self._makePreview(node, report, read_image(os.path.join(probabilities, "prostate.nii.gz")),
                               read_image(os.path.join(probabilities, "TZ.nii.gz")))
@@ -684,6 +723,8 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         self._aiResults[targetNode.GetID()] = {"masks": segment_arrays(previewNode, t2Node), "report": report}
         targetNode.SetAttribute(self.REPORT_ATTRIBUTE, json.dumps(report))
         targetNode.SetAttribute(self.SOURCE_ATTRIBUTE, t2Node.GetID())
+        if previewNode.GetAttribute(self.LESIONS_ATTRIBUTE):
+            targetNode.SetAttribute(self.LESIONS_ATTRIBUTE, previewNode.GetAttribute(self.LESIONS_ATTRIBUTE))
         self.rejectPreview(previewNode)
         return targetNode
 
@@ -706,6 +747,67 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         self._requirePreview(previewNode)
         self._probabilities.pop(previewNode.GetID(), None)
         previewNode.GetScene().RemoveNode(previewNode)
+
+
+    # -- lesions ------------------------------------------------------------------------------------
+
+    OPERATING_POINTS = ("all", "balanced", "max_sensitivity")
+
+    @classmethod
+    def lesionTable(cls, segmentationNode) -> list:
+        """Rows of the lesion table (highest score first): id, score, ISUP class (when the detector gives
+        one), volume (mL), zone, operating points passed, centroid (RAS mm). [] when none were detected."""
+        text = segmentationNode.GetAttribute(cls.LESIONS_ATTRIBUTE) if segmentationNode is not None else None
+        if not text:
+            return []
+        return [{"id": int(entry["id"]), "score": float(entry["score"]), "isup_class": entry.get("isup_class"),
+                 "volume_ml": float(entry["volume_ml"]), "zone": entry.get("zone"),
+                 "passed": list(entry.get("operating_points_passed") or []),
+                 "centroid_ras_mm": [float(v) for v in entry["centroid_ras_mm"]]}
+                for entry in sorted(json.loads(text)["lesions"], key=lambda e: -float(e["score"]))]
+
+    def showLesionMarkups(self, segmentationNode):
+        """One markup point per lesion candidate at its centroid, labelled "L<id> <score>" (a new or the
+        segmentation's existing point list); returns the markups node (None without lesions)."""
+        rows = self.lesionTable(segmentationNode)
+        if not rows:
+            return None
+        scene = segmentationNode.GetScene()
+        markups = scene.GetNodeByID(segmentationNode.GetAttribute("ProstateAI.LesionMarkups") or "")
+        if markups is None:
+            markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{segmentationNode.GetName()} lesions")
+            segmentationNode.SetAttribute("ProstateAI.LesionMarkups", markups.GetID())
+        markups.RemoveAllControlPoints()
+        for row in rows:
+            index = markups.AddControlPoint(*row["centroid_ras_mm"])
+            markups.SetNthControlPointLabel(index, f"L{row['id']} {row['score']:.2f}")
+            markups.SetNthControlPointLocked(index, True)
+        return markups
+
+    def setOperatingPoint(self, segmentationNode, name: str) -> list:
+        """Show only the lesion segments that pass operating point `name` ("all": every candidate);
+        returns the ids shown."""
+        if name not in self.OPERATING_POINTS:
+            raise InputError(f"Unknown operating point '{name}'; choose one of {', '.join(self.OPERATING_POINTS)}.")
+        segmentation, display = segmentationNode.GetSegmentation(), segmentationNode.GetDisplayNode()
+        shown = []
+        for row in self.lesionTable(segmentationNode):
+            segmentId = segmentation.GetSegmentIdBySegmentName(f"{pipeline.LESION_SEGMENT[0]} {row['id']}")
+            visible = name == "all" or name in row["passed"]
+            if segmentId and display is not None:
+                display.SetSegmentVisibility(segmentId, visible)
+            if visible:
+                shown.append(row["id"])
+        return shown
+
+    def centreOnLesion(self, segmentationNode, lesionId: int) -> list:
+        """Centre every slice view on a lesion's centroid; returns that point (RAS mm)."""
+        for row in self.lesionTable(segmentationNode):
+            if row["id"] == int(lesionId):
+                slicer.vtkMRMLSliceNode.JumpAllSlices(segmentationNode.GetScene(), *row["centroid_ras_mm"],
+                                                      slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+                return row["centroid_ras_mm"]
+        raise InputError(f"The segmentation has no lesion candidate {lesionId}.")
 
     # -- correct ------------------------------------------------------------------------------------
 

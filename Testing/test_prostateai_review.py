@@ -282,3 +282,53 @@ def test_segment_jobs_through_the_persistent_worker(scene_and_preview):
             worker_logic.rejectPreview(node)
     finally:
         worker_logic.useWorker(False)
+
+
+def test_lesion_table_markups_operating_point_and_centring(prostatex_case, prostatex_t2, tmp_path):
+    """With ADC and HBV the Logic's result carries the lesion candidates: table, one markup point each,
+    segments shown by operating point, slice views centred on a row."""
+    pytest.importorskip("slicer")
+    import slicer
+    from headless import install, make_scene
+
+    install()
+    scene = make_scene()[0]
+    import ProstateAI
+    from ProstateAICore import imageio
+    from ProstateAIMRML import add_volume_node
+
+    logic = ProstateAI.ProstateAILogic()
+    t2_node = add_volume_node(scene, prostatex_t2, "t2")
+    adc = add_volume_node(scene, imageio.read_image(prostatex_case / "adc"), "adc")
+    hbv = add_volume_node(scene, imageio.read_image(prostatex_case / "hbv"), "hbv")
+    node = logic.segment(t2_node, adc, hbv, threads=1, tta=False)
+    rows = logic.lesionTable(node)
+    assert len(rows) >= 1 and [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    names = [node.GetSegmentation().GetNthSegment(i).GetName() for i in range(node.GetSegmentation().GetNumberOfSegments())]
+    assert names[:3] == NAMES and {f"Lesion {r['id']}" for r in rows} == set(names[3:])
+    # the expert lesion (ISUP 3, PZ) is the top candidate's zone on this case
+    expert = sitk.GetArrayFromImage(imageio.read_image(prostatex_case / "masks" / "lesions.nii.gz")) > 0
+    top = arrays(node, t2_node)[f"Lesion {rows[0]['id']}"]
+    assert (top & expert).any() and rows[0]["zone"] == "PZ"
+
+    markups = logic.showLesionMarkups(node)
+    assert markups.GetNumberOfControlPoints() == len(rows)
+    assert markups.GetNthControlPointLabel(0) == f"L{rows[0]['id']} {rows[0]['score']:.2f}"
+
+    balanced = logic.setOperatingPoint(node, "balanced")
+    display = node.GetDisplayNode()
+    for row in rows:
+        segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(f"Lesion {row['id']}")
+        assert bool(display.GetSegmentVisibility(segment_id)) == (row["id"] in balanced)
+    assert set(balanced) == {r["id"] for r in rows if "balanced" in r["passed"]}
+    assert logic.setOperatingPoint(node, "all") == [r["id"] for r in rows]
+
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode", "Red")
+    red.SetLayoutName("Red")
+    red.SetOrientation("Axial")
+    centre = logic.centreOnLesion(node, rows[0]["id"])
+    matrix = red.GetSliceToRAS()
+    np.testing.assert_allclose([matrix.GetElement(i, 3) for i in range(3)], centre, atol=1e-3)
+    with pytest.raises(Exception, match="no lesion candidate 99"):
+        logic.centreOnLesion(node, 99)
+    scene.Clear(1)
