@@ -25,7 +25,7 @@ import qt
 import SimpleITK as sitk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.ScriptedLoadableModule import *  # noqa: F403
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
@@ -84,6 +84,7 @@ class ProstateAIParameterNode:
     testTimeAugmentation: bool = True
     targetSegmentation: vtkMRMLSegmentationNode  # Accept copies the AI result here (None: a new segmentation)
     psa: Annotated[float, WithinRange(0.0, 10000.0)] = 0.0  # ng/mL; 0 = not given
+    growSeed: vtkMRMLMarkupsFiducialNode  # its last point seeds click-to-grow
 
 
 #
@@ -119,7 +120,8 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         for button, handler in ((self.ui.acceptButton, self.onAccept), (self.ui.rejectButton, self.onReject),
                                 (self.ui.undoButton, self.onUndo), (self.ui.editButton, self.onEdit),
                                 (self.ui.recomputeZonesButton, self.onRecomputeZones),
-                                (self.ui.exportButton, self.onExport), (self.ui.saveRecordButton, self.onSaveRecord)):
+                                (self.ui.exportButton, self.onExport), (self.ui.saveRecordButton, self.onSaveRecord),
+                                (self.ui.growButton, self.onGrow)):
             button.connect("clicked(bool)", handler)
         self.ui.glandModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
         self.ui.zonesModelComboBox.connect("currentIndexChanged(int)", lambda *_: self._showModelInfo())
@@ -260,6 +262,24 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
     def onOperatingPoint(self) -> None:
         if getattr(self, "_lesionNode", None) is not None:
             self._review("Operating point", lambda: f"Showing lesion candidates {self.logic.setOperatingPoint(self._lesionNode, self.ui.operatingPointComboBox.currentText)}")
+
+    def onGrow(self) -> None:
+        p = self._parameterNode
+        target = self._accepted or self._preview
+
+        def grow():
+            seed = p.growSeed
+            if seed is None or seed.GetNumberOfControlPoints() == 0:
+                raise InputError("Place a point on the lesion first (markups toolbar), and choose its point list.")
+            point = [0.0, 0.0, 0.0]
+            seed.GetNthControlPointPositionWorld(seed.GetNumberOfControlPoints() - 1, point)
+            grown = self.logic.growLesion(target, p.inputVolume, point, p.adcVolume, p.hbvVolume)
+            return (f"{grown['segment']}: {grown['volume_ml']:.2f} mL from {', '.join(grown['sequences'])} in "
+                    f"{grown['seconds']:.1f} s. " + " ".join(grown["warnings"]))
+        if target is None:
+            self.ui.reviewStatusLabel.text = "Segment (and Accept) first: the grown lesion is added to that segmentation."
+            return
+        self._review("Grow", grow)
 
     def onLesionClicked(self, rowIndex: int, column: int) -> None:
         rows = getattr(self, "_lesionRows", [])
@@ -799,6 +819,31 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             if visible:
                 shown.append(row["id"])
         return shown
+
+    def growLesion(self, segmentationNode, t2Node, pointRas, adcNode=None, hbvNode=None) -> dict:
+        """Click-to-grow (ProstateAILib.grow, what `prostateai grow` runs): grow a lesion from a point
+        (RAS mm, e.g. a markup placed on a slice view) on T2, HBV and inverted ADC (2 of 3 votes) and
+        add it to the segmentation as "Lesion (grown) <n>"; returns volume, sequences and warnings."""
+        from ProstateAILib import grow
+
+        t2 = self._imageOf(t2Node, "T2 volume")
+        extra = {name: self._imageOf(node, f"{name} volume") for name, node in (("ADC", adcNode), ("HBV", hbvNode))
+                 if node is not None}
+        gland = None
+        arrays = segment_arrays(segmentationNode, t2Node) if segmentationNode is not None else {}
+        if "Prostate" in arrays:
+            gland = sitk.GetImageFromArray(arrays["Prostate"])
+            gland.CopyInformation(t2)
+        result = grow.grow(t2, grow.seed_to_lps(seed_ras=pointRas), extra.get("ADC"), extra.get("HBV"), gland)
+        segmentation = segmentationNode.GetSegmentation()
+        number = 1 + sum(segmentation.GetNthSegment(i).GetName().startswith("Lesion (grown)")
+                         for i in range(segmentation.GetNumberOfSegments()))
+        name = f"Lesion (grown) {number}"
+        segmentId = segmentation.AddEmptySegment(name, name, list(pipeline.LESION_SEGMENT[2]))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(sitk.GetArrayFromImage(result.mask), segmentationNode,
+                                                         segmentId, t2Node)
+        return {"segment": name, "volume_ml": round(result.volume_ml, 3), "sequences": result.sequences,
+                "warnings": result.warnings, "seconds": round(result.seconds, 2)}
 
     def centreOnLesion(self, segmentationNode, lesionId: int) -> list:
         """Centre every slice view on a lesion's centroid; returns that point (RAS mm)."""
