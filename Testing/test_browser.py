@@ -199,7 +199,9 @@ def timings(tmp_path_factory, request):
              f"  first frame after `view` started: {found.get('first_frame_s', float('nan')):.2f} s (target <= 8 s)",
              f"  slice-scroll frame: median {scroll.get('median', float('nan')):.0f} ms, max "
              f"{scroll.get('max', float('nan')):.0f} ms over {len(scroll.get('frames', []))} frames (target <= 150 ms)",
-             f"  segmentation (click -> overlay): {found.get('segment_s', float('nan')):.1f} s"]
+             f"  segmentation (click -> overlay): {found.get('segment_s', float('nan')):.1f} s",
+             "  teaching panels (click -> line): N4 {:.1f} s, Nyul {:.1f} s, registration {:.1f} s".format(
+                 *(found.get(f"teach_{k}_s", float("nan")) for k in ("n4", "nyul", "registration")))]
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():  # shown also when the tests pass
@@ -458,6 +460,82 @@ def test_undo_accept_removes_the_accepted_segmentation(page):
     wait_message(page, "undone")
     wait_frame(page, lambda s: s["colour"] < 400, what="frame without the accepted segmentation")
     assert not page.locator(".prostateai-save-path").count()
+
+
+TEACH_TIMEOUT_S = 120  # N4 preview ~2 s, Nyul ~2 s, registration a few s alone on 2 cores
+
+
+def teach(page, name, text_class, timings=None):
+    """Click a teaching button: the page shows the running step at once (the work runs in a thread),
+    then the panel's line. Returns the line."""
+    start = time.monotonic()
+    button(page, name).click()
+    page.wait_for_selector(f".{text_class}", timeout=TEACH_TIMEOUT_S * 1000)
+    if timings is not None:
+        timings[f"teach_{name.split()[0].lower()}_s"] = round(time.monotonic() - start, 2)
+    assert not error(page), error(page)
+    return page.locator(f".{text_class}").inner_text()
+
+
+def teach_view(page, row, name):
+    page.locator(f".prostateai-{row}-view").get_by_role("button", name=name, exact=True).click()
+
+
+def test_n4_panel_shows_the_bias_field_as_a_heat_map(page, prostatex_t2, timings):
+    """N4 preview (n4_correct, in a thread): the field's range on the page is the Lib's own result, the
+    field appears as a coloured heat map over the T2, After shows the corrected T2, T2 goes back."""
+    import SimpleITK as sitk
+
+    from MRStandardizeLib import n4
+
+    before = wait_frame(page, lambda s: s["grey"] > 0.3 * s["w"] * s["h"] and s["colour"] < 400, what="T2 alone")
+    text = teach(page, "N4 bias field", "prostateai-n4-text", timings)
+    low, high = (float(v) for v in re.search(r"Field (\d+\.\d+)–(\d+\.\d+)", text).groups())
+    field = sitk.GetArrayFromImage(n4.n4_correct(prostatex_t2, quality="preview").bias_field)  # a copy
+    assert abs(low - float(field.min())) < 0.01, (text, field.min())
+    assert abs(high - float(field.max())) < 0.01, (text, field.max())
+    assert 0.2 < low < 1.0 < high < 5.0
+    heat = wait_frame(page, lambda s: s["colour"] > 0.05 * s["w"] * s["h"], what="bias-field heat map")
+    page.screenshot(path=str(SCREENSHOTS / "view-n4.png"))
+    teach_view(page, "n4", "N4 after")
+    after = wait_frame(page, lambda s: s["colour"] < 400 and s["hash"] not in (before["hash"], heat["hash"]),
+                       what="N4-corrected T2")
+    assert after["grey"] > 0.3 * after["w"] * after["h"]
+    teach_view(page, "n4", "T2")
+    wait_frame(page, lambda s: s["hash"] == before["hash"], what="the T2 again")
+
+
+def test_nyul_panel_shows_histograms_before_and_after(page, timings):
+    """Nyul fit on the open T2 and the bundled sample's T2, applied to both: the histograms PNG
+    (save_histograms_png) is shown in the panel with the standard landmarks' range."""
+    text = teach(page, "Nyul histograms", "prostateai-nyul-text", timings)
+    assert "Model from 2 T2" in text and "ProstateX-0218" in text, text
+    low, high = (float(v) for v in re.search(r"standard landmarks (-?\d+\.\d+)–(-?\d+\.\d+)", text).groups())
+    assert (low, high) == (1.0, 100.0), text  # NyulConfig's output range: the 1st and 99th percentiles map there
+    image = page.locator(".prostateai-nyul-image")
+    page.wait_for_function("() => { const i = document.querySelector('.prostateai-nyul-image'); "
+                           "return i && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    size = image.evaluate("(i) => [i.naturalWidth, i.naturalHeight]")
+    assert size == [1200, 450], size
+    image.screenshot(path=str(SCREENSHOTS / "view-nyul.png"))
+
+
+def test_registration_panel_shows_the_checkerboard(page, timings):
+    """Rigid T2 <- ADC registration (in a thread): the gradient correlation before -> after on the page,
+    the checkerboard of T2 and registered ADC replaces the T2 in the slice views."""
+    t2 = wait_frame(page, lambda s: s["grey"] > 0.3 * s["w"] * s["h"], what="T2")
+    text = teach(page, "Registration", "prostateai-reg-text", timings)
+    before, after = (float(v) for v in re.search(r"Gradient correlation (-?\d\.\d+) → (-?\d\.\d+)", text).groups())
+    assert -1.0 <= before <= after <= 1.0, text  # a worse result is never kept (keep_initial_if_worse)
+    board = wait_frame(page, lambda s: s["hash"] != t2["hash"] and s["grey"] > 0.3 * s["w"] * s["h"],
+                       what="checkerboard")
+    assert board["colour"] < 400
+    page.screenshot(path=str(SCREENSHOTS / "view-registration.png"))
+    teach_view(page, "reg", "Check before")
+    wait_frame(page, lambda s: s["hash"] != t2["hash"] and s["grey"] > 0.3 * s["w"] * s["h"],
+               what="checkerboard before")
+    teach_view(page, "reg", "T2")
+    wait_frame(page, lambda s: s["hash"] == t2["hash"], what="the T2 again")
 
 
 def test_errors_show_on_the_page_and_the_server_keeps_running(page, server):

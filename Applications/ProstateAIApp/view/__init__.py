@@ -9,6 +9,7 @@ series are chosen as `prostateai segment --study` chooses them); none: the bundl
 - `slicer_module`: imports the Slicer module files (ProstateAI.py) outside Slicer, on trame-slicer's scene.
 - `case`: reads the inputs and a segmentation file (study selection, image reading: Lib functions).
 - `app`: the page (layout and callbacks); every step calls ProstateAI.ProstateAILogic or a Lib.
+- `teaching`: the N4 / Nyul / registration panels (MRStandardizeLib calls in a background thread).
 
 Registering the sub-command imports nothing heavy; trame, VTK and slicer are imported when it runs.
 """

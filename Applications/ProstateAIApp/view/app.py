@@ -36,6 +36,7 @@ from ProstateAICore.jobs import discard_job
 
 from . import case as cases
 from . import slicer_module
+from .teaching import TeachingPanels
 
 log = logging.getLogger("prostateai.view")
 
@@ -146,6 +147,7 @@ class ProstateAIViewApp(TrameApp):
         self.running = None  # (job, tempdir) of the segmentation job
 
         self._init_state()
+        self.teaching = TeachingPanels(self)
         self._build_ui()
         self.editor_logic.set_ui(self.editor_ui)
         self.open_case(list(inputs) if inputs else [str(cases.sample_case(self.repo))], segmentation)
@@ -199,6 +201,7 @@ class ProstateAIViewApp(TrameApp):
         scene = self.slicer_app.scene
         self.volumes = {role: self._mrml.add_volume_node(scene, image, f"{case.name} {role}")
                         for role, image in case.images.items()}
+        self.teaching.reset()
         t2 = self.volumes["T2"]
         self.slicer_app.display_manager.show_volume_in_slice_background(t2)
         self.slicer_app.display_manager.show_volume_in_slice_foreground(None)
@@ -424,6 +427,7 @@ class ProstateAIViewApp(TrameApp):
                 self._segment_panel()
                 self._review_panel()
                 self._correct_panel()
+                self.teaching.build()
             with v3.VMain(), html.Div(style="height: calc(100vh - 80px); position: relative;", classes="d-flex"):
                 self.layout_manager.initialize_layout_grid(self.ui)
             with v3.VFooter(app=True, height=32, classes="py-0 text-body-2"):
