@@ -453,6 +453,17 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
     k, j, i = np.nonzero(painted)  # one short stroke of a sphere brush: a few slices, a few centimetres
     assert k.max() - k.min() <= 6 and j.max() - j.min() <= 80 and i.max() - i.min() <= 160, "not one stroke"
 
+    # The same corrected segmentation as a DICOM SEG referencing the T2 series (the case is ProstateX-0000's
+    # DICOM folders): Prostate, edited after Accept, is MANUAL; PZ and TZ carry the model.
+    import highdicom as hd
+
+    dcm = server.workdir / "painted.dcm"
+    page.locator(".prostateai-save-path input").fill(dcm.name)
+    button(page, "Save").click()
+    wait_message(page, f"Wrote {dcm.name}")
+    kinds = {d.SegmentLabel: d.SegmentAlgorithmType for d in hd.seg.segread(dcm).SegmentSequence}
+    assert kinds["Prostate"] == "MANUAL" and kinds["PZ"] == "AUTOMATIC" and kinds["TZ"] == "AUTOMATIC"
+
 
 def test_undo_accept_removes_the_accepted_segmentation(page):
     page.locator("button:has(i.mdi-cursor-default)").first.click()  # no tool

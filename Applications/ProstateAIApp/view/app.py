@@ -143,6 +143,7 @@ class ProstateAIViewApp(TrameApp):
         self.volumes = {}  # role -> volume node
         self.preview = None  # AI result under review
         self.current = None  # the segmentation Correct and Save work on (accepted or loaded)
+        self.t2_dicom = None  # the T2's DICOM folder when it has one (DICOM SEG export)
         self.before_accept = None  # what `current` was before the last Accept (Undo puts it back)
         self.running = None  # (job, tempdir) of the segmentation job
 
@@ -212,6 +213,7 @@ class ProstateAIViewApp(TrameApp):
         lo, hi = (float(v) for v in percentiles(slicer.util.arrayFromVolume(t2), [0, 100]))
         s = self.state
         s.case_name, s.case_lines = case.name, case.lines
+        self.t2_dicom = case.t2_dicom
         s.window_max, s.level_min, s.level_max = max(hi - lo, 1.0), lo, hi
         s.save_path = str(self.save_dir / f"{case.name}-segmentation.seg.nrrd")
         self._apply_window_preset(s.window_preset)
@@ -407,12 +409,15 @@ class ProstateAIViewApp(TrameApp):
         def save():
             path = (self.state.save_path or "").strip()
             if not path:
-                raise InputError("Give a file name for the segmentation (.seg.nrrd).")
-            if not path.endswith(".seg.nrrd"):
-                raise InputError(f"'{path}': a segmentation is saved as a .seg.nrrd file.")
+                raise InputError("Give a file name for the segmentation (.seg.nrrd, .nii.gz or .dcm).")
+            formats = {".seg.nrrd": "seg.nrrd", ".nii.gz": "nifti", ".dcm": "dicom-seg"}
+            fmt = next((f for suffix, f in formats.items() if path.lower().endswith(suffix)), None)
+            if fmt is None:
+                raise InputError(f"'{path}': save as .seg.nrrd (Slicer), .nii.gz (label maps + JSON table) or .dcm "
+                                 "(DICOM SEG).")
             if self.current is None:
                 raise InputError("Accept a result (or open a segmentation) first.")
-            return f"Wrote {self.logic.exportSegmentation(self.current, self.volumes['T2'], path)}"
+            return f"Wrote {self.logic.exportSegmentation(self.current, self.volumes['T2'], path, fmt, self.t2_dicom)}"
         self._step("Save", save)
 
     # -- page --------------------------------------------------------------------------------------
@@ -489,6 +494,6 @@ class ProstateAIViewApp(TrameApp):
                     self.editor_ui = SegmentEditorUI()
                 v3.VBtn("Recompute zones", click=self.on_recompute_zones, size="small", classes="mt-2")
                 with html.Div(classes="d-flex align-center mt-2"):
-                    v3.VTextField(v_model=("save_path",), label="Save as (.seg.nrrd on the server)",
+                    v3.VTextField(v_model=("save_path",), label="Save as (.seg.nrrd, .nii.gz or .dcm on the server)",
                                   density="compact", hide_details=True, classes="prostateai-save-path")
                     v3.VBtn("Save", click=self.on_save, size="small", classes="ml-2")

@@ -30,6 +30,7 @@ class Case:
     name: str
     images: dict  # role -> SimpleITK image (T2 always; ADC, HBV when given or found)
     lines: list = field(default_factory=list)  # what was read (and, for a study, which series and why)
+    t2_dicom: str | None = None  # the T2's DICOM series folder (a DICOM SEG references its files)
 
 
 def sample_case(repo: Path) -> Path:
@@ -56,9 +57,12 @@ def read_case(inputs: list) -> Case:
         study.check_same_patient(selection.identities())
         with study.series_folders(selection) as folders:
             images = {role: read_image(folder) for role, folder in folders.items()}
-        return Case(name, images, [f"Study {first.name}:"] + selection.lines())
+        t2_folder = selection.t2.folder  # usable as DICOM SEG source only when it holds that series alone
+        alone = len({s.uid for s in series if s.folder == t2_folder}) == 1
+        return Case(name, images, [f"Study {first.name}:"] + selection.lines(), str(t2_folder) if alone else None)
     images = {role: read_image(path) for role, path in zip(ROLES, paths)}
-    return Case(name, images, [f"{role}: {path.name}" for role, path in zip(ROLES, paths)])
+    return Case(name, images, [f"{role}: {path.name}" for role, path in zip(ROLES, paths)],
+                str(first) if first.is_dir() else None)
 
 
 def _on_grid(mask: sitk.Image, reference: sitk.Image) -> sitk.Image:
