@@ -186,10 +186,14 @@ def _register_train(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (debugging)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (optimizer state included)")
-    p.add_argument("--channels", default="T2",
-                   help="input channel names, comma-separated, T2 first; names ending in _mask are masks "
-                        "(not normalised), e.g. T2,prostate_mask for the zone model")
-    p.add_argument("--labels", default="background,prostate", help="output label names, comma-separated")
+    p.add_argument("--preset", choices=["lesions"], default=None,
+                   help="lesions: the PI-CAI/nnU-Net lesion layout (imagesTr/<case>_0000..0002 T2, ADC, HBV, "
+                        "optionally _0003 PZ and _0004 TZ masks; labelsTr ISUP values): sets --channels, --labels "
+                        "background,ISUP2,ISUP3,ISUP>=4 and --label-map 1=0,2=1,3=2,4=3,5=3 (each still overridable)")
+    p.add_argument("--channels", default=None,
+                   help="input channel names, comma-separated, T2 first (default T2); names ending in _mask are "
+                        "masks (not normalised), e.g. T2,prostate_mask for the zone model")
+    p.add_argument("--labels", default=None, help="output label names, comma-separated (default background,prostate)")
     p.add_argument("--label-map", default=None,
                    help="rename reference label values, e.g. 1=0,2=1 keeps only TZ of a zones mask")
     p.add_argument("--task", default=None, help="task description stored in the model")
@@ -240,22 +244,31 @@ def _train(args) -> int:
     patch, net, label_map = _train_numbers(args)
     # --resume keeps the checkpoint's epoch count unless --epochs raises it (run_training takes the larger).
     epochs = args.epochs if args.epochs is not None else (1 if args.resume else 40)
+    preset = train.preset_settings(args.preset, args.data) if args.preset and not args.resume else {}
+    channels = args.channels or ",".join(preset.get("channels", ("T2",)))
+    labels = args.labels or ",".join(preset.get("labels", ("background", "prostate")))
+    label_map = label_map if args.label_map else preset.get("label_map", {})
+    task = args.task or preset.get("task")
     cfg = train.TrainConfig(
         data=args.data, out=args.out, epochs=epochs, iterations=args.iterations, batch=args.batch,
         patch=patch, lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
         max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init, ema=args.ema,
-        channels=tuple(c.strip() for c in args.channels.split(",")),
-        labels=tuple(c.strip() for c in args.labels.split(",")),
+        channels=tuple(c.strip() for c in channels.split(",")),
+        labels=tuple(c.strip() for c in labels.split(",")),
         label_map=label_map,
-        **({"task": args.task} if args.task else {}),
+        **({"task": task} if task else {}),
         command=" ".join(shlex.quote(a) for a in ["prostateai"] + sys.argv[1:]),
     )
     clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # log lines replace the terminal progress bar
     result = train.run_training(cfg, resume=args.resume, progress=args.progress_fn,
                                 log=lambda m: print(clear + m, flush=True))
     best = result["best"]
-    print(f"best validation Dice {best['dice']:.4f} at epoch {best['epoch']}; model: {result['out']}/model.pt")
+    if best.get("per_case") or best["dice"] >= 0:
+        print(f"best validation Dice {best['dice']:.4f} at epoch {best['epoch']}; model: {result['out']}/model.pt")
+    else:  # no validation cases: the checkpoint kept is the one with the lowest training loss
+        print(f"no validation cases: model = lowest training loss {-best['dice']:.4f} (epoch {best['epoch']}); "
+              f"model: {result['out']}/model.pt")
     return 0
 
 

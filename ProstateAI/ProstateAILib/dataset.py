@@ -418,3 +418,66 @@ class PatchSampler:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.sample() for _ in range(size)]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+# ---------------------------------------------------------------- lesion layout (PI-CAI / nnU-Net)
+
+# Channel names of the lesion layout, in file order _0000.._0004: the zones are '*_mask' channels
+# (preprocess.is_mask_channel), so they are resampled linearly and kept in [0, 1], never normalised.
+LESION_CHANNELS = ("T2", "ADC", "HBV", "PZ_mask", "TZ_mask")
+_SEQUENCES = ("t2w", "adc", "hbv")
+
+
+def _sequence_path(case: Path, sequence: str) -> Path:
+    """A case folder's sequence: a DICOM folder `<seq>/` or a file `<seq>.nii.gz` / `.nii` / `.mha`."""
+    candidates = [case / sequence] + [case / f"{sequence}{ext}" for ext in (".nii.gz", ".nii", ".mha", ".nrrd")]
+    for path in candidates:
+        if path.exists():
+            return path
+    raise InputError(f"Case '{case}' has no {sequence} (expected {sequence}/ or {sequence}.nii.gz).")
+
+
+def _on_grid(mask: sitk.Image, t2: sitk.Image) -> sitk.Image:
+    """A mask as uint8 on the T2 grid (nearest neighbour when it is stored on another grid)."""
+    from ProstateAICore.geometry import same_grid
+
+    mask = sitk.Cast(mask, sitk.sitkUInt8)
+    if same_grid(mask, t2):
+        return mask
+    return sitk.Resample(mask, t2, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def write_picai_layout(cases, out, zones: bool | None = None) -> list[Path]:
+    """Write case folders (ProstateX-style `t2w/ adc/ hbv/` DICOM folders or PI-CAI-style
+    `t2w.nii.gz ...`, each with `masks/lesions.nii.gz` (ISUP values) and optionally
+    `masks/zones.nii.gz` (1 PZ, 2 TZ)) as the PI-CAI / nnU-Net training layout under `out`:
+    `imagesTr/<case>_0000` T2, `_0001` ADC, `_0002` HBV (each on its own grid), `_0003` PZ and `_0004` TZ
+    masks (on the T2 grid; written when every case has zones, or `zones=True`), `labelsTr/<case>`
+    the lesion mask on the T2 grid, all NIfTI. Returns the written paths."""
+    from ProstateAICore.imageio import write_all
+
+    cases = [Path(c) for c in cases]
+    if not cases:
+        raise InputError("No cases given for the lesion layout.")
+    if zones is None:
+        zones = all((c / "masks" / "zones.nii.gz").is_file() for c in cases)
+    out = Path(out)
+    outputs = []
+    for case in cases:
+        name = case.name
+        lesions = case / "masks" / "lesions.nii.gz"
+        if not lesions.is_file():
+            raise InputError(f"Case '{case}' has no masks/lesions.nii.gz (write an empty mask for a negative case).")
+        t2 = read_image(_sequence_path(case, "t2w"))
+        images = [t2] + [read_image(_sequence_path(case, s)) for s in _SEQUENCES[1:]]
+        if zones:
+            zone_map = sitk.GetArrayFromImage(_on_grid(read_image(case / "masks" / "zones.nii.gz"), t2))
+            for value in (1, 2):  # PZ, TZ
+                mask = sitk.GetImageFromArray((zone_map == value).astype(np.uint8))
+                mask.CopyInformation(t2)
+                images.append(mask)
+        outputs += [(image, out / "imagesTr" / f"{name}_{index:04d}.nii.gz") for index, image in enumerate(images)]
+        outputs.append((_on_grid(read_image(lesions), t2), out / "labelsTr" / f"{name}.nii.gz"))
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    return write_all(outputs)

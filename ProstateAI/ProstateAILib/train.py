@@ -77,6 +77,30 @@ class TrainConfig:
 VALIDATION_FLIPS = ((2,),)  # flip TTA used for validation and stored as the deployment default
 
 
+# ---------------------------------------------------------------- presets
+
+# ISUP grade group classes of the csPCa lesion model (PI-CAI: ISUP >= 2 is clinically significant;
+# Pellicer-Valero 2022 grade the lesions too): ISUP 0-1 (benign / insignificant) are background.
+LESION_LABELS = ("background", "ISUP2", "ISUP3", "ISUP>=4")
+LESION_LABEL_MAP = {0: 0, 1: 0, 2: 1, 3: 2, 4: 3, 5: 3}
+PRESETS = ("lesions",)
+
+
+def preset_settings(name: str, data: str) -> dict:
+    """TrainConfig fields of a preset. "lesions": the PI-CAI / nnU-Net layout (`dataset.write_picai_layout`),
+    channels T2, ADC, HBV (+ PZ_mask, TZ_mask when the cases have 5 files), ISUP labels remapped to
+    background / ISUP2 / ISUP3 / ISUP>=4. The channel count is read from the dataset's first case."""
+    if name not in PRESETS:
+        raise InputError(f"Unknown preset '{name}' (known: {', '.join(PRESETS)}).")
+    n_images = len(ds.discover_cases(data)[0].images)
+    if n_images not in (3, 5):
+        raise InputError(f"--preset lesions needs 3 (T2, ADC, HBV) or 5 (+ PZ and TZ masks) images per case; "
+                         f"'{data}' has {n_images}.")
+    channels = ds.LESION_CHANNELS[:n_images]
+    return {"channels": channels, "labels": LESION_LABELS, "label_map": dict(LESION_LABEL_MAP),
+            "task": f"csPCa lesion segmentation (ISUP classes) from {' + '.join(channels)}"}
+
+
 # ---------------------------------------------------------------- loss
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
