@@ -185,6 +185,12 @@ def test_seg_nrrd_holds_the_lesion_segments(px_out):
     for number in numbers:
         assert codes[f"Lesion {number}"] == "52988006"
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(segments[f"Lesion {number}"]) == 1, labels == number)
+    # Terminology as in the DICOM SEG: morphologically altered structure / lesion / in the prostate
+    header = (px_out / "segmentation.seg.nrrd").read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
+    lesion_tags = [line for line in header.splitlines() if "SCT^52988006^" in line]
+    assert len(lesion_tags) == len(numbers)
+    assert all("~SCT^49755003^" in line and "~SCT^41216001^Prostate~" in line for line in lesion_tags)
+    assert "SCT^123037004^Anatomical Structure~SCT^41216001^Prostate" in header  # the gland stays anatomy
 
 
 def test_dicom_seg_holds_the_lesion_segments(px_out):
