@@ -102,25 +102,30 @@ def declare_paths(parser: argparse.ArgumentParser, inputs: Sequence[str] = (), o
     parser.set_defaults(_paths={"inputs": tuple(inputs), "outputs": tuple(outputs), "output_dirs": tuple(output_dirs)})
 
 
-def _values(args, names: Sequence[str]) -> list[str]:
+def _values(args, names: Sequence[str]) -> list[tuple[str, str]]:
+    """(label, path) for every path the named destinations hold; the label names the option."""
     found = []
     for name in names:
         dest, _, index = name.partition(".")
         value = getattr(args, dest, None)
         if value is None:
             continue
+        label = "output" if dest in ("output", "out") else f"--{dest.replace('_', '-')}"
         items = value if isinstance(value, (list, tuple)) else [value]
         for item in items:
             if index:
                 item = item[int(index)] if isinstance(item, (list, tuple)) else None
             if item is not None and item != "":
-                found.append(str(item))
+                found.append((label, str(item)))
     return found
 
 
-def _same(a: str, b: str) -> bool:
+def same_path(a, b) -> bool:
+    """True when two paths name the same file or folder (hard links and symbolic links included),
+    or would once created."""
+    a, b = str(a), str(b)
     if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)  # hard links and symlinks included
+        return os.path.samefile(a, b)
     return os.path.realpath(a) == os.path.realpath(b)
 
 
@@ -129,29 +134,41 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def refuse_overwriting(outputs: dict, inputs) -> None:
+    """InputError when an output ({label: path}) is one of `inputs` or another output. The runner
+    calls it for the declared paths; commands call it again for paths known only at run time (files
+    inside input folders, a default output name, files written beside OUT)."""
+    inputs = [str(source) for source in inputs if source]
+    for label, out in outputs.items():
+        for source in inputs:
+            if same_path(out, source):
+                raise InputError(f"The {label} '{out}' is the input '{source}'; choose another output path "
+                                 "(inputs are never overwritten).")
+    items = list(outputs.items())
+    for index, (label_a, path_a) in enumerate(items):
+        for label_b, path_b in items[index + 1:]:
+            if same_path(path_a, path_b):
+                raise InputError(f"The {label_a} and {label_b} outputs are the same file '{path_a}'; give each "
+                                 "output its own path.")
+
+
 def check_paths(args) -> None:
     """Refuse (InputError) an output that is an input, an input inside an output folder (which is
     replaced as a whole), or two outputs that are the same file."""
     declared = getattr(args, "_paths", None)
     if not declared:
         return
-    inputs = _values(args, declared["inputs"])
-    files, dirs = _values(args, declared["outputs"]), _values(args, declared["output_dirs"])
-    for out in files + dirs:
+    inputs = [path for _, path in _values(args, declared["inputs"])]
+    outputs = _values(args, declared["outputs"]) + _values(args, declared["output_dirs"])
+    for _, folder in _values(args, declared["output_dirs"]):
         for source in inputs:
-            if _same(out, source):
-                raise InputError(f"The output '{out}' is the input '{source}'; choose another output path "
-                                 "(the input is never overwritten).")
-    for folder in dirs:
-        for source in inputs:
-            if _inside(source, folder):
+            if _inside(source, folder) and not same_path(source, folder):
                 raise InputError(f"The input '{source}' lies inside the output folder '{folder}', which is "
                                  "replaced as a whole; choose another output folder.")
-    outputs = files + dirs
-    for i, a in enumerate(outputs):
-        for b in outputs[i + 1:]:
-            if _same(a, b):
-                raise InputError(f"Two outputs are the same file '{a}'; give each output its own path.")
+    # Repeated options (--also X OUT twice) share a label: number them so none is lost from the dict.
+    labelled = {f"{label} #{i}" if [l for l, _ in outputs].count(label) > 1 else label: path
+                for i, (label, path) in enumerate(outputs, 1)}
+    refuse_overwriting(labelled, inputs)
 
 
 # -------------------------------------------------------------------------------------- running

@@ -429,10 +429,8 @@ def _register_export(subparsers) -> None:
 
 
 def _export(args) -> int:
-    import os
     from pathlib import Path
 
-    from ProstateAICore.errors import InputError
     from ProstateAICore.imageio import read_json
 
     from . import export, metrics
@@ -451,12 +449,8 @@ def _export(args) -> int:
     outputs = [Path(args.out)]
     if args.format == "nifti":
         outputs = export.label_map_paths(args.out, len(loaded.segments)) + [export.table_path(args.out)]
-    inputs = [p for p in (args.seg, args.t2, args.label_table, report) if p]
-    for out in outputs:
-        for source in inputs:
-            if os.path.realpath(out) == os.path.realpath(source) or (
-                    out.exists() and Path(source).exists() and os.path.samefile(out, source)):
-                raise InputError(f"The output '{out}' is the input '{source}'; choose another --out.")
+    commands.refuse_overwriting({f"output '{out.name}'": out for out in outputs},
+                                [args.seg, args.t2, args.label_table, report])
     written = export.export_segmentation(loaded.segments, args.t2, args.format, args.out, algorithms, corrected)
     print(f"{len(loaded.segments)} segment(s) ({', '.join(s.name for s in loaded.segments)}) -> "
           + ", ".join(str(p) for p in written))

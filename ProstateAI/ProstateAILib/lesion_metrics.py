@@ -53,7 +53,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
+from ProstateAICore.commands import refuse_overwriting
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import require_same_grid
 from ProstateAICore.imageio import read_image, require_3d, write_all
@@ -391,24 +391,13 @@ def format_summary(summary: dict) -> list[str]:
     ]
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def evaluate_lesions_command(args) -> int:
     if args.matching not in MATCHINGS:
         raise InputError(f"Unknown --matching '{args.matching}' (choose from {', '.join(MATCHINGS)}).")
     pairs = pair_folders(args.pred_dir, args.truth_dir)
-    outputs = [(option, Path(path)) for option, path in (("--json", args.json), ("--csv", args.csv)) if path]
-    for option, out in outputs:  # the folders themselves are checked by the runner (declare_paths)
-        for _, pred, truth in pairs:
-            for source in (pred, truth):
-                if _same_file(out, source):
-                    raise InputError(f"The {option} output '{out}' is the input '{source}'; choose another output "
-                                     "path (inputs are never overwritten).")
+    # The folders themselves are checked by the runner (declare_paths); the files in them only now.
+    refuse_overwriting({option: path for option, path in (("--json", args.json), ("--csv", args.csv)) if path},
+                       [source for _, pred, truth in pairs for source in (pred, truth)])
     summary, cases = evaluate_files(pairs, args.matching)
     print("\n".join(format_summary(summary)))
     written = []

@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ProstateAICore.commands import refuse_overwriting
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import same_grid
 from ProstateAICore.imageio import read_image, suffix_of, write_text
@@ -322,27 +322,6 @@ def format_summary(summary: dict, n_cases: int) -> list[str]:
             parts.append(text)
         lines.append(f"label {label}: " + "  ".join(parts))
     return lines
-
-
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)  # hard links and symbolic links included
-    except OSError:  # one of them does not exist (yet)
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def refuse_overwriting(outputs: dict[str, Path], inputs) -> None:
-    """InputError when an output would replace an input (the --list file, a mask, a folder) or another output."""
-    inputs = [source for source in inputs if source]
-    for option, out in outputs.items():
-        for source in inputs:
-            if _same_file(out, source):
-                raise InputError(f"The {option} output '{out}' is the input '{source}'; give another output path "
-                                 "(inputs are never overwritten).")
-    (a, path_a), *others = outputs.items()
-    for b, path_b in others:
-        if _same_file(path_a, path_b):
-            raise InputError(f"The {a} and {b} outputs are the same file '{path_a}'; give each its own path.")
 
 
 def evaluate_command(args) -> int:
