@@ -698,7 +698,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         masks = review.masks_at_threshold(pProstate, pTz, float(threshold), tzThreshold)
         self._setSegmentArrays(previewNode, t2Node, masks)
         self._probabilities[previewNode.GetID()] = (pProstate, pTz, float(threshold), tzThreshold)
-        ml = float(np.prod(t2Node.GetSpacing())) / 1000.0
+        ml = self._voxelMl(t2Node)
         return {name: round(float(mask.sum()) * ml, 3) for name, mask in masks.items()}
 
     @staticmethod
@@ -880,14 +880,19 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     # -- quality assurance and export ---------------------------------------------------------------
 
-    def reviewRecord(self, segmentationNode, t2Node, reviewer=None) -> dict:
-        """The QA record of an accepted AI result: model, when, edited or not, Dice and volume change."""
+    def reviewRecord(self, segmentationNode, t2Node, reviewer=None, final=None) -> dict:
+        """The QA record of an accepted AI result: model, when, edited or not, Dice and volume change.
+        `final`: the segmentation's arrays when the caller already has them."""
         accepted = self._aiResults.get(segmentationNode.GetID()) if segmentationNode is not None else None
         if accepted is None:
             raise InputError("No AI result was accepted into this segmentation in this session.")
-        final = segment_arrays(segmentationNode, t2Node)
-        ml = float(np.prod(t2Node.GetSpacing())) / 1000.0
-        return review.review_record(accepted["masks"], final, ml, accepted["report"].get("models"), reviewer)
+        final = segment_arrays(segmentationNode, t2Node) if final is None else final
+        return review.review_record(accepted["masks"], final, self._voxelMl(t2Node), accepted["report"].get("models"),
+                                    reviewer)
+
+    @staticmethod
+    def _voxelMl(volumeNode) -> float:
+        return float(np.prod(volumeNode.GetSpacing())) / 1000.0
 
     @staticmethod
     def saveReviewRecord(record: dict, path: str) -> str:
@@ -900,7 +905,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         arrays = segment_arrays(segmentationNode, t2Node)
         if "Prostate" not in arrays:
             raise InputError("The segmentation has no Prostate segment.")
-        return review.psa_density(psa, float(arrays["Prostate"].sum()) * float(np.prod(t2Node.GetSpacing())) / 1000.0)
+        return review.psa_density(psa, float(arrays["Prostate"].sum()) * ProstateAILogic._voxelMl(t2Node))
 
     EXPORT_FORMATS = ("seg.nrrd", "nifti", "dicom-seg")
 
@@ -917,8 +922,8 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if fmt not in self.EXPORT_FORMATS:
             raise InputError(f"Unknown export format '{fmt}'; choose one of {', '.join(self.EXPORT_FORMATS)}.")
         t2 = image_from_volume_node(t2Node)
-        segments = []
-        for name, array in segment_arrays(segmentationNode, t2Node).items():
+        arrays, segments = segment_arrays(segmentationNode, t2Node), []
+        for name, array in arrays.items():
             image = sitk.GetImageFromArray(array)
             image.CopyInformation(t2)
             segments.append(export.known_segment(name, image))
@@ -926,7 +931,7 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         corrected = {s.name for s in segments if s.name not in algorithms}  # drawn by a person
         accepted = self._aiResults.get(segmentationNode.GetID())
         if accepted is not None:
-            record = self.reviewRecord(segmentationNode, t2Node)
+            record = self.reviewRecord(segmentationNode, t2Node, final=arrays)
             corrected |= {name for name, facts in record["segments"].items() if facts["edited"]}
         source = t2Source or (self._dicomFolderOf(t2Node) if fmt == "dicom-seg" else None)
         if fmt == "dicom-seg" and source is None:

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import require_same_grid
-from .payload import check_payload
+from .payload import check_payload, promised_bytes
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
 
@@ -373,7 +373,7 @@ def write_image_file(image: sitk.Image, path: str | os.PathLike, compress: bool 
     back with the image's size and its payload must be complete (ProstateAICore.payload).
     """
     path, shown = Path(path), shown or path
-    raw = promised_bytes_of(image)
+    raw = promised_bytes(image) or 0
     uncompressed = not compress or suffix_of(path) == ".nii"  # .nii is never compressed
     if uncompressed and shutil.disk_usage(path.parent).free < raw:
         raise InputError(f"Could not write '{shown}': the disk is full ({raw / 2**20:.0f} MiB needed, "
@@ -411,12 +411,6 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def promised_bytes_of(image: sitk.Image) -> int:
-    """Bytes of the image's voxel data."""
-    reader_like = np.dtype(sitk.GetArrayViewFromImage(image).dtype).itemsize
-    return int(np.prod(image.GetSize(), dtype=np.int64)) * image.GetNumberOfComponentsPerPixel() * reader_like
 
 
 @contextlib.contextmanager

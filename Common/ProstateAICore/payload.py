@@ -36,12 +36,15 @@ _COMPONENT_BYTES = {
 _CHUNK = 1 << 20
 
 
-def promised_bytes(reader: sitk.ImageFileReader) -> int | None:
-    """Bytes of voxel data the header describes (None for pixel types not in the table)."""
-    per_component = _COMPONENT_BYTES.get(reader.GetPixelID())
+def promised_bytes(source) -> int | None:
+    """Bytes of voxel data of an image, or that a reader's header describes (None for pixel types not
+    in the table)."""
+    per_component = _COMPONENT_BYTES.get(source.GetPixelID())
     if per_component is None:
         return None
-    return int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents() * per_component
+    components = (source.GetNumberOfComponentsPerPixel() if isinstance(source, sitk.Image)
+                  else source.GetNumberOfComponents())
+    return int(np.prod(source.GetSize(), dtype=np.int64)) * components * per_component
 
 
 def check_payload(path: str | os.PathLike, reader: sitk.ImageFileReader, shown: str | None = None) -> None:
