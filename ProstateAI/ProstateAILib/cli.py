@@ -180,6 +180,10 @@ def _register_train(subparsers) -> None:
     p.add_argument("--ema", type=float, default=0.0,
                    help="validate and keep an exponential moving average of the weights with this decay "
                         "(e.g. 0.998; default 0 = off)")
+    p.add_argument("--augment", choices=["standard", "bigaug"], default="standard",
+                   help="augmentation profile: standard (rotation, zoom, flips, intensity, noise) or bigaug (adds "
+                        "voxel-size jitter, elastic deformation, bias field, contrast, Rician noise, blur, "
+                        "slice-thickness simulation and sharpening; see dataset.AUGMENT_PROFILES)")
     p.add_argument("--features", default=None, help="channels per level, e.g. 16,32,64,96,128")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and SimpleITK")
@@ -236,7 +240,7 @@ def _train_numbers(args) -> tuple[tuple, dict, dict]:
 
 
 def _train(args) -> int:
-    from . import train
+    from . import dataset, train
 
     if args.tune_only:
         train.finalize_run(args.out, args.data, args.threads or 2, log=lambda m: print(m, flush=True))
@@ -254,6 +258,7 @@ def _train(args) -> int:
         patch=patch, lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
         max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init, ema=args.ema,
+        augment=dataset.augment_profile(args.augment),
         channels=tuple(c.strip() for c in channels.split(",")),
         labels=tuple(c.strip() for c in labels.split(",")),
         label_map=label_map,

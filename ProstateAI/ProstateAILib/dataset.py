@@ -295,6 +295,11 @@ def prepare_case(case: Case, spacing=preprocess.WORKING_SPACING, max_foreground:
 
 @dataclass
 class AugmentConfig:
+    """Patch augmentation; each transform has its own probability. The defaults are the "standard"
+    profile; `AUGMENT_PROFILES["bigaug"]` adds the stacked transforms of BigAug (Zhang et al., IEEE TMI
+    2020): voxel-size jitter, elastic deformation, bias field, contrast, Rician noise, blur,
+    slice-thickness simulation and sharpening, which are off (probability 0) in the standard profile."""
+
     rotation_deg: float = 15.0  # in-plane rotation range (+/-)
     p_rotation: float = 0.5
     scale: tuple[float, float] = (0.75, 1.35)  # in-plane zoom range (PROMISE12 spacing is nominal)
@@ -309,9 +314,62 @@ class AugmentConfig:
     p_noise: float = 0.15
     noise_std: float = 0.1
     p_channel_drop: float = 0.2  # multi-channel input only: zero one channel (missing sequences)
+    # --- BigAug transforms (off in the standard profile)
+    p_anisotropy: float = 0.0  # x and y zoomed by different factors (voxel sizes are estimates)
+    anisotropy: tuple[float, float] = (0.87, 1.15)  # extra factor of x relative to y
+    p_z_scale: float = 0.0  # slice spacing jitter: slices resampled (linear) at this zoom
+    z_scale: tuple[float, float] = (0.8, 1.25)
+    p_elastic: float = 0.0  # smooth in-plane displacement field
+    elastic_voxels: float = 2.5  # std of the control-point displacements (working voxels, 1.5 mm)
+    elastic_points: int = 5  # control points per in-plane axis
+    p_bias: float = 0.0  # smooth multiplicative field exp(N(0, bias_strength)) on a coarse grid
+    bias_strength: float = 0.3
+    p_contrast: float = 0.0  # (I - mean) * c + mean
+    contrast: tuple[float, float] = (0.7, 1.4)
+    p_rician: float = 0.0  # magnitude of a complex signal with Gaussian noise in both parts
+    rician_std: float = 0.06
+    p_blur: float = 0.0  # in-plane Gaussian blur
+    blur_sigma: tuple[float, float] = (0.5, 1.2)  # working voxels
+    p_slice_thickness: float = 0.0  # thicker slices: Gaussian smoothing across slices
+    slice_sigma: tuple[float, float] = (0.4, 0.9)  # slices
+    p_sharpen: float = 0.0  # unsharp mask I + a (I - blur(I))
+    sharpen: tuple[float, float] = (0.3, 1.0)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+AUGMENT_PROFILES = {
+    "standard": {},
+    "bigaug": {"rotation_deg": 20.0, "scale": (0.75, 1.25), "p_anisotropy": 0.3, "p_z_scale": 0.3, "p_elastic": 0.3,
+               "p_bias": 0.4, "p_contrast": 0.3, "p_rician": 0.15, "p_blur": 0.2, "p_slice_thickness": 0.2,
+               "p_sharpen": 0.2},
+}
+
+
+def augment_profile(name: str) -> dict:
+    """AugmentConfig overrides of a named profile ("standard" or "bigaug")."""
+    if name not in AUGMENT_PROFILES:
+        raise InputError(f"Unknown augmentation profile '{name}' (known: {', '.join(AUGMENT_PROFILES)}).")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in AUGMENT_PROFILES[name].items()}
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def smooth_axis(volume: torch.Tensor, sigma: float, axis: int) -> torch.Tensor:
+    """Gaussian smoothing of a (Z, Y, X) tensor along one axis, edges replicated (no dark border)."""
+    kernel = _gaussian_kernel(sigma)
+    moved = volume.movedim(axis, -1)
+    shape = moved.shape
+    flat = moved.reshape(-1, 1, shape[-1])
+    pad = len(kernel) // 2
+    flat = F.conv1d(F.pad(flat, (pad, pad), mode="replicate"), kernel.view(1, 1, -1))
+    return flat.reshape(shape).movedim(-1, axis)
 
 
 class PatchSampler:
@@ -341,32 +399,59 @@ class PatchSampler:
 
     def _grid(self, centre: np.ndarray, shape) -> torch.Tensor:
         """In-plane sampling grid (1, py, px, 2) in grid_sample's normalised (x, y) coordinates."""
-        aug = self.augment
+        aug, rng = self.augment, self.rng
         _, py, px = self.patch
-        angle = math.radians(self.rng.uniform(-aug.rotation_deg, aug.rotation_deg)) if self.rng.random() < aug.p_rotation else 0.0
-        zoom = self.rng.uniform(*aug.scale) if self.rng.random() < aug.p_scale else 1.0
+        angle = math.radians(rng.uniform(-aug.rotation_deg, aug.rotation_deg)) if rng.random() < aug.p_rotation else 0.0
+        zoom = rng.uniform(*aug.scale) if rng.random() < aug.p_scale else 1.0
+        ratio = math.sqrt(rng.uniform(*aug.anisotropy)) if rng.random() < aug.p_anisotropy else 1.0
+        zoom_y, zoom_x = zoom / ratio, zoom * ratio  # zoom > 1 enlarges the anatomy
         # Integer offsets: without rotation/zoom an integer centre samples exact voxels (no blur).
         y = torch.arange(py, dtype=torch.float32) - py // 2
         x = torch.arange(px, dtype=torch.float32) - px // 2
         gy, gx = torch.meshgrid(y, x, indexing="ij")
-        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom  # zoom > 1 enlarges the anatomy
-        sy = centre[1] + cos * gy - sin * gx
-        sx = centre[2] + sin * gy + cos * gx
+        if rng.random() < aug.p_elastic:
+            gy, gx = gy + self._displacement((py, px)), gx + self._displacement((py, px))
+        cos, sin = math.cos(angle), math.sin(angle)
+        sy = centre[1] + cos * gy / zoom_y - sin * gx / zoom_x
+        sx = centre[2] + sin * gy / zoom_y + cos * gx / zoom_x
         return torch.stack([2 * sx / max(shape[2] - 1, 1) - 1, 2 * sy / max(shape[1] - 1, 1) - 1], dim=-1)[None]
 
-    def _slab(self, image: torch.Tensor, label: torch.Tensor, centre_z: float):
-        """The patch's pz whole slices around the centre (zeros / background outside the volume).
+    def _displacement(self, size) -> torch.Tensor:
+        """A smooth random displacement (voxels): Gaussian control points, bicubic in between."""
+        n = max(2, self.augment.elastic_points)
+        points = torch.from_numpy(self.rng.normal(0, self.augment.elastic_voxels, (1, 1, n, n)).astype(np.float32))
+        return F.interpolate(points, size=size, mode="bicubic", align_corners=True)[0, 0]
 
-        Why slices + 2D grid_sample: z is never interpolated, and PyTorch's 2D sampler is ~25x
-        faster on CPU than the 3D one.
-        """
+    def _slice_positions(self, centre_z: float) -> np.ndarray:
+        """The patch's slice positions: whole slices around the centre, or (z-scale jitter) fractional
+        positions spaced 1/zoom apart, which thins or thickens the anatomy across slices."""
         pz = self.patch[0]
-        z = np.arange(pz) + int(round(centre_z)) - pz // 2
-        valid = (z >= 0) & (z < label.shape[0])
-        img = torch.zeros((pz, image.shape[0]) + tuple(image.shape[2:]))
-        lab = torch.zeros((pz,) + tuple(label.shape[1:]), dtype=label.dtype)
-        img[torch.from_numpy(valid)] = image[:, z[valid]].permute(1, 0, 2, 3)
-        lab[torch.from_numpy(valid)] = label[z[valid]]
+        offsets = np.arange(pz) - pz // 2
+        if self.rng.random() < self.augment.p_z_scale:
+            return round(centre_z) + offsets / self.rng.uniform(*self.augment.z_scale)
+        return (offsets + int(round(centre_z))).astype(float)
+
+    def _slab(self, image: torch.Tensor, label: torch.Tensor, centre_z: float):
+        """The patch's slices (zeros / background outside the volume): whole slices, or slices linearly
+        interpolated at fractional positions (labels: nearest slice).
+
+        Why slices + 2D grid_sample: z is interpolated only when the z-scale jitter asks for it, and
+        PyTorch's 2D sampler is ~25x faster on CPU than the 3D one.
+        """
+        z = self._slice_positions(centre_z)
+        nz = label.shape[0]
+        img = torch.zeros((len(z), image.shape[0]) + tuple(image.shape[2:]))
+        lab = torch.zeros((len(z),) + tuple(label.shape[1:]), dtype=label.dtype)
+        nearest = np.round(z).astype(int)
+        valid = (nearest >= 0) & (nearest < nz)
+        lab[torch.from_numpy(valid)] = label[nearest[valid]]
+        low = np.floor(z).astype(int)
+        weight = z - low
+        for lo, w, k in ((low, 1 - weight, 0), (low + 1, weight, 1)):
+            inside = (lo >= 0) & (lo < nz) & (w > 1e-6)
+            if inside.any():
+                w_t = torch.from_numpy(w[inside].astype(np.float32)).view(-1, 1, 1, 1)
+                img[torch.from_numpy(inside)] += w_t * image[:, lo[inside]].permute(1, 0, 2, 3)
         return img, lab
 
     def _flip(self, image: torch.Tensor, label: torch.Tensor):
@@ -382,21 +467,48 @@ class PatchSampler:
             if c in self.mask_channels:
                 continue
             channel = image[c]
+            if rng.random() < aug.p_bias:
+                channel = channel * self._bias_field(channel.shape)
             if rng.random() < aug.p_gamma:
                 lo, hi = float(channel.min()), float(channel.max())
                 if hi > lo:
                     channel = ((channel - lo) / (hi - lo)) ** rng.uniform(*aug.gamma) * (hi - lo) + lo
+            if rng.random() < aug.p_contrast:
+                mean = channel.mean()
+                channel = (channel - mean) * rng.uniform(*aug.contrast) + mean
             if rng.random() < aug.p_intensity_scale:
                 channel = channel * rng.uniform(*aug.intensity_scale)
             if rng.random() < aug.p_shift:
                 channel = channel + rng.uniform(-aug.shift, aug.shift)
+            channel = self._resolution(channel)
             if rng.random() < aug.p_noise:
                 channel = channel + torch.randn_like(channel) * rng.uniform(0, aug.noise_std)
+            if rng.random() < aug.p_rician:
+                std = rng.uniform(0, aug.rician_std)
+                channel = torch.sqrt((channel + torch.randn_like(channel) * std) ** 2 + (torch.randn_like(channel) * std) ** 2)
             image[c] = channel
         droppable = [c for c in range(1, image.shape[0]) if c not in self.mask_channels]  # never the T2
         if droppable and rng.random() < aug.p_channel_drop:
             image[droppable[rng.integers(len(droppable))]] = 0.0
         return image
+
+    def _bias_field(self, shape) -> torch.Tensor:
+        """exp of a smooth random field (2 x 3 x 3 control values, trilinear): a coil-shading pattern."""
+        coarse = self.rng.normal(0, self.augment.bias_strength, (1, 1, 2, 3, 3)).astype(np.float32)
+        return torch.exp(F.interpolate(torch.from_numpy(coarse), size=tuple(shape), mode="trilinear", align_corners=True)[0, 0])
+
+    def _resolution(self, channel: torch.Tensor) -> torch.Tensor:
+        """Blur in-plane, thicker slices (smoothing across slices) and sharpening, each by chance."""
+        aug, rng = self.augment, self.rng
+        if rng.random() < aug.p_blur:
+            sigma = rng.uniform(*aug.blur_sigma)
+            channel = smooth_axis(smooth_axis(channel, sigma, 1), sigma, 2)
+        if rng.random() < aug.p_slice_thickness and channel.shape[0] > 1:
+            channel = smooth_axis(channel, rng.uniform(*aug.slice_sigma), 0)
+        if rng.random() < aug.p_sharpen:
+            blurred = smooth_axis(smooth_axis(channel, 1.0, 1), 1.0, 2)
+            channel = channel + rng.uniform(*aug.sharpen) * (channel - blurred)
+        return channel
 
     def sample(self, index: int | None = None, centre=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One augmented (image (C, pz, py, px), label (pz, py, px)) patch; random case and centre
