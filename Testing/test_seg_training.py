@@ -196,6 +196,67 @@ def test_sampler_without_augmentation_crops_exact_voxels(prepared):
     assert float(image[0, 4:, 16:, 16:].abs().sum()) > 0
 
 
+OFF = dict(p_rotation=0, p_scale=0, flip_probs=(0, 0, 0), p_intensity_scale=0, p_shift=0, p_gamma=0, p_noise=0)
+
+
+def _label_as_image(case):
+    """The case with its label as the image: spatial augmentation must move both identically."""
+    return dataset.PreparedCase(case.name, case.group, case.label[None].astype(np.float32), case.label,
+                                case.foreground, case.working, case.original)
+
+
+def test_bigaug_spatial_transforms_keep_image_and_label_aligned(prepared):
+    spatial = dataset.AugmentConfig(**{**OFF, "p_rotation": 1, "p_scale": 1, "p_anisotropy": 1, "p_z_scale": 1,
+                                       "p_elastic": 1})
+    sampler = dataset.PatchSampler([_label_as_image(prepared[0])], (16, 64, 64), spatial, p_foreground=1.0, seed=2)
+    still = dataset.PatchSampler([_label_as_image(prepared[0])], (16, 64, 64), dataset.AugmentConfig(**OFF),
+                                 p_foreground=1.0, seed=2)
+    changed = 0
+    for centre in prepared[0].foreground[:: max(1, len(prepared[0].foreground) // 6)][:6]:
+        image, label = sampler.sample(0, centre)
+        inside, truth = image[0].numpy() > 0.5, label.numpy() > 0
+        dice = 2 * (inside & truth).sum() / (inside.sum() + truth.sum())
+        assert dice > 0.97, dice  # image and label went through the same deformation
+        changed += int((truth != (still.sample(0, centre)[1].numpy() > 0)).sum() > 50)
+    assert changed >= 5  # and the deformation did change the anatomy's shape/position
+
+
+def test_z_scale_jitter_interpolates_between_slices(prepared):
+    case = prepared[0]
+    centre = case.foreground[len(case.foreground) // 2]
+    zoomed = dataset.PatchSampler([case], (8, 32, 32), dataset.AugmentConfig(**{**OFF, "p_z_scale": 1,
+                                                                               "z_scale": (2.0, 2.0)}), seed=0)
+    image, _ = zoomed.sample(0, centre)
+    z = int(round(centre[0]))
+    y, x = int(centre[1]), int(centre[2])
+    # slice spacing 1/2: patch slice 4 is slice z, patch slice 5 lies half-way between z and z + 1
+    np.testing.assert_allclose(image[0, 4].numpy(), case.image[0, z, y - 16:y + 16, x - 16:x + 16], atol=1e-5)
+    if z + 1 < case.image.shape[1]:
+        halfway = 0.5 * (case.image[0, z] + case.image[0, z + 1])[y - 16:y + 16, x - 16:x + 16]
+        np.testing.assert_allclose(image[0, 5].numpy(), halfway, atol=1e-5)
+
+
+@pytest.mark.parametrize("transform", ["p_bias", "p_contrast", "p_rician", "p_blur", "p_slice_thickness", "p_sharpen"])
+def test_each_bigaug_intensity_transform_changes_the_image_not_the_label(prepared, transform):
+    case = prepared[0]
+    centre = case.foreground[0]
+    plain = dataset.PatchSampler([case], (8, 48, 48), dataset.AugmentConfig(**OFF), seed=5).sample(0, centre)
+    sampler = dataset.PatchSampler([case], (8, 48, 48), dataset.AugmentConfig(**{**OFF, transform: 1.0}), seed=5)
+    image, label = sampler.sample(0, centre)
+    torch.testing.assert_close(label, plain[1])
+    difference = float((image - plain[0]).abs().mean())
+    assert torch.isfinite(image).all() and 0.002 < difference < 0.5 * float(plain[0].abs().mean()), difference
+
+
+def test_bigaug_profile_is_recorded_and_unknown_profiles_refused():
+    overrides = dataset.augment_profile("bigaug")
+    config = dataset.AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    assert config.p_elastic > 0 and config.p_bias > 0 and config.scale == (0.75, 1.25)
+    assert dataset.augment_profile("standard") == {}
+    with pytest.raises(InputError, match="Unknown augmentation profile"):
+        dataset.augment_profile("heavy")
+
+
 def test_sampler_batches_are_foreground_balanced(prepared):
     sampler = dataset.PatchSampler(prepared, (8, 48, 48), p_foreground=0.5, seed=0)
     images, labels = sampler.batch(16)
@@ -218,7 +279,7 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     out = tmp_path / "run"
     common = ["train", "--data", str(data), "--out", str(out), "--iterations", "4", "--batch", "2",
               "--patch", "8,32,32", "--features", "4,8,8,8,8", "--val-every", "1", "--val-overlap", "0",
-              "--threads", "1", "--seed", "3"]
+              "--threads", "1", "--seed", "3", "--augment", "bigaug"]
     assert cli.main(common + ["--epochs", "2"]) == 0
     for name in ("last.pt", "model.pt", "model.json", "history.csv", "learning_curve.png", "split.json"):
         assert (out / name).is_file(), name
@@ -247,6 +308,7 @@ def test_tiny_training_run_and_resume(tmp_path, promise12_data, capsys, monkeypa
     model, meta = train.load_model(out / "model.pt")
     assert meta["format"] == train.MODEL_FORMAT and meta["preprocess"]["spacing_xyz_mm"] == list(preprocess.WORKING_SPACING)
     assert meta["labels"] == {"0": "background", "1": "prostate"} and meta["validation"]["per_case"]
+    assert meta["training"]["augment"] == dataset.augment_profile("bigaug")  # the card can say what it saw
     assert not model.training
     # The deployed path: T2 in, label map out on the T2 grid.
     from ProstateAICore import geometry
