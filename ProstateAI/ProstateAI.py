@@ -758,15 +758,26 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         snapshot = self._undo.pop(targetNode.GetID())
         self._aiResults.pop(targetNode.GetID(), None)
         if snapshot is None:
+            self._removeLesionMarkups(targetNode)
             targetNode.GetScene().RemoveNode(targetNode)
         else:
             targetNode.GetSegmentation().DeepCopy(snapshot)
 
     def rejectPreview(self, previewNode) -> None:
-        """Remove the preview (and its probability maps); nothing else in the scene changes."""
+        """Remove the preview (with its probability maps and lesion markups); nothing else in the scene changes."""
         self._requirePreview(previewNode)
         self._probabilities.pop(previewNode.GetID(), None)
+        self._removeLesionMarkups(previewNode)
         previewNode.GetScene().RemoveNode(previewNode)
+
+    LESION_MARKUPS_ATTRIBUTE = "ProstateAI.LesionMarkups"  # ID of the point list showLesionMarkups made
+
+    @classmethod
+    def _removeLesionMarkups(cls, segmentationNode) -> None:
+        scene = segmentationNode.GetScene()
+        markups = scene.GetNodeByID(segmentationNode.GetAttribute(cls.LESION_MARKUPS_ATTRIBUTE) or "")
+        if markups is not None:
+            scene.RemoveNode(markups)
 
 
     # -- lesions ------------------------------------------------------------------------------------
@@ -793,10 +804,10 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if not rows:
             return None
         scene = segmentationNode.GetScene()
-        markups = scene.GetNodeByID(segmentationNode.GetAttribute("ProstateAI.LesionMarkups") or "")
+        markups = scene.GetNodeByID(segmentationNode.GetAttribute(self.LESION_MARKUPS_ATTRIBUTE) or "")
         if markups is None:
             markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{segmentationNode.GetName()} lesions")
-            segmentationNode.SetAttribute("ProstateAI.LesionMarkups", markups.GetID())
+            segmentationNode.SetAttribute(self.LESION_MARKUPS_ATTRIBUTE, markups.GetID())
         markups.RemoveAllControlPoints()
         for row in rows:
             index = markups.AddControlPoint(*row["centroid_ras_mm"])

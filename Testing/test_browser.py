@@ -287,8 +287,14 @@ def message(page) -> str:
 
 
 def wait_message(page, text: str, timeout_ms: int = 30_000) -> None:
-    page.wait_for_function("(text) => document.querySelector('.prostateai-message').innerText.includes(text)",
-                           arg=text, timeout=timeout_ms)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function("(text) => document.querySelector('.prostateai-message').innerText.includes(text)",
+                               arg=text, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        pytest.fail(f"no message '{text}' within {timeout_ms / 1000:.0f} s; message: '{message(page)}', "
+                    f"error on the page: '{error(page)}'")
 
 
 def error(page) -> str:
@@ -298,6 +304,16 @@ def error(page) -> str:
 
 def button(page, name):
     return page.get_by_role("button", name=name, exact=True)
+
+
+def save_as(page, name: str) -> None:
+    """Type a file name in "Save as" and click Save. The pause lets the typed name reach the server
+    before the click does (trame sends the field's state and the click as separate messages)."""
+    page.locator(".prostateai-save-path input").fill(name)
+    page.wait_for_function("(name) => document.querySelector('.prostateai-save-path input').value === name", arg=name)
+    time.sleep(0.3)
+    button(page, "Save").click()
+    wait_message(page, f"Wrote {name}")
 
 
 def segment(page, server, timings=None):
@@ -381,6 +397,27 @@ def test_segment_runs_out_of_process_and_shows_the_overlay(page, server, timings
     small_png(page.screenshot(), SCREENSHOTS / "view-review.png")
 
 
+def test_lesion_panel_lists_the_candidates_and_centres_on_one(page):
+    """ProstateX-0000 has T2, ADC and HBV: the preview comes with lesion candidates; the table lists them,
+    the operating point chooses which are shown, a row click centres the views on that lesion."""
+    rows = page.locator(".prostateai-lesion-row")
+    rows.first.wait_for(timeout=10_000)
+    assert rows.count() >= 1
+    assert "shown at 'balanced'" in page.locator(".prostateai-lesions").inner_text()
+    page.locator(".prostateai-operating-point").click()
+    page.locator(".v-overlay .v-list-item").filter(has_text=re.compile(r"^\s*all\s*$")).click()
+    page.wait_for_function("document.querySelector('.prostateai-lesions').innerText.includes(\"shown at 'all'\")",
+                           timeout=10_000)
+    n = rows.count()
+    assert f"{n} of {n} candidate(s) shown at 'all'" in page.locator(".prostateai-lesions").inner_text()
+    before = frame(page)
+    rows.first.click()
+    wait_message(page, "Centred on lesion")
+    wait_frame(page, lambda s: s["hash"] != before["hash"], what="frame centred on the lesion")
+    time.sleep(0.5)
+    small_png(page.screenshot(), SCREENSHOTS / "view-lesions.png")
+
+
 def test_threshold_slider_changes_the_overlay(page):
     before = frame(page)
     track = page.locator(".prostateai-threshold .v-slider-track").first
@@ -420,9 +457,7 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
     page.wait_for_selector(".prostateai-save-path input")
     # Relative names: the server writes them in its working folder.
     before_path, after_path = server.workdir / "accepted.seg.nrrd", server.workdir / "painted.seg.nrrd"
-    page.locator(".prostateai-save-path input").fill(before_path.name)
-    button(page, "Save").click()
-    wait_message(page, "Wrote")
+    save_as(page, before_path.name)
     before_frame = frame(page)
 
     page.locator("button:has(i.mdi-brush)").first.click()  # trame-slicer's Paint effect
@@ -437,9 +472,7 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
         time.sleep(0.05)
     page.mouse.up()
     wait_frame(page, lambda s: s["colour"] > before_frame["colour"] + 300, what="painted stroke")
-    page.locator(".prostateai-save-path input").fill(after_path.name)
-    button(page, "Save").click()
-    wait_message(page, f"Wrote {after_path.name}")
+    save_as(page, after_path.name)
     time.sleep(0.3)
     small_png(page.screenshot(), SCREENSHOTS / "view-correct.png")
 
@@ -458,11 +491,24 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
     import highdicom as hd
 
     dcm = server.workdir / "painted.dcm"
-    page.locator(".prostateai-save-path input").fill(dcm.name)
-    button(page, "Save").click()
-    wait_message(page, f"Wrote {dcm.name}")
+    save_as(page, dcm.name)
     kinds = {d.SegmentLabel: d.SegmentAlgorithmType for d in hd.seg.segread(dcm).SegmentSequence}
     assert kinds["Prostate"] == "MANUAL" and kinds["PZ"] == "AUTOMATIC" and kinds["TZ"] == "AUTOMATIC"
+
+
+def test_editor_undo_and_redo_change_the_saved_file(page, server):
+    """trame-slicer's undo/redo under the editor: Undo takes the paint stroke out of the saved file, Redo
+    puts it back."""
+    accepted = read_segments(server.workdir / "accepted.seg.nrrd")
+    painted = read_segments(server.workdir / "painted.seg.nrrd")
+    history = page.locator(".prostateai-edit-history")
+    for icon, name, expected in (("mdi-undo", "undone.seg.nrrd", accepted), ("mdi-redo", "redone.seg.nrrd", painted)):
+        history.locator(f"button:has(i.{icon})").click()
+        save_as(page, name)
+        saved = read_segments(server.workdir / name)
+        assert set(saved) == set(expected)
+        for segment in saved:
+            assert np.array_equal(saved[segment], expected[segment]), f"{segment} after {icon}"
 
 
 def test_undo_accept_removes_the_accepted_segmentation(page):
@@ -593,9 +639,7 @@ def test_a_t2_folder_and_a_label_map_open_as_segments(browser, prostatex_case, t
         assert stats["colour"] > 2000
         assert "segmentation 'zones' (Prostate, PZ, TZ)" in message(tab)
         assert tab.locator(".prostateai-save-path").count() and not error(tab)
-        tab.locator(".prostateai-save-path input").fill("zones.seg.nrrd")
-        button(tab, "Save").click()
-        wait_message(tab, "Wrote")
+        save_as(tab, "zones.seg.nrrd")
         saved = read_segments(tmp_path / "zones.seg.nrrd")
         import SimpleITK as sitk
 

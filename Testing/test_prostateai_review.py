@@ -331,6 +331,9 @@ def test_lesion_table_markups_operating_point_and_centring(prostatex_case, prost
     np.testing.assert_allclose([matrix.GetElement(i, 3) for i in range(3)], centre, atol=1e-3)
     with pytest.raises(Exception, match="no lesion candidate 99"):
         logic.centreOnLesion(node, 99)
+    markups_id = markups.GetID()
+    logic.rejectPreview(node)
+    assert scene.GetNodeByID(markups_id) is None  # the preview's lesion markups go with it
     scene.Clear(1)
 
 

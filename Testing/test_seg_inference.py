@@ -144,3 +144,53 @@ def test_keep_largest_component_matches_scipy_26_connectivity():
     corner[0, 0, 0] = corner[1, 1, 1] = corner[2, 2, 2] = True  # diagonal chain: one 26-component
     corner[0, 5, 5] = True
     assert inference.keep_largest_component(corner).sum() == 3
+
+
+class CountingModel(VoxelwiseModel):
+    def __init__(self):
+        super().__init__()
+        self.windows = 0
+
+    def forward(self, x):
+        self.windows += x.shape[0]
+        return super().forward(x)
+
+
+def test_region_windows_cover_the_region_only():
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(1, 40, 150, 150)).astype(np.float32)
+    patch = (16, 48, 48)
+    everywhere, model = CountingModel(), CountingModel()
+    full = inference.sliding_window(everywhere, volume, patch, overlap=0.25, batch_size=2)
+    region = (slice(10, 30), slice(60, 90), slice(50, 120))
+    part = inference.sliding_window(model, volume, patch, overlap=0.25, batch_size=2, region=region)
+    assert model.windows < everywhere.windows / 3  # 2 x 1 x 2 windows instead of 3 x 4 x 4
+    inside = (slice(None),) + region
+    np.testing.assert_allclose(part[inside], full[inside], atol=1e-5)  # voxel-wise model: exact inside
+    outside = np.ones(volume.shape[1:], bool)
+    outside[region] = False
+    covered = np.zeros(volume.shape[1:], bool)  # windows may reach beyond the region: those voxels count too
+    covered[10:30, 51:99, 50:120] = True  # z starts 10, 14; y one window at 51; x starts 50, 72
+    assert np.all(part[1][covered] > 0)
+    assert np.all(part[0][outside & ~covered] == 1.0) and np.all(part[1][outside & ~covered] == 0.0)
+    whole = (slice(0, 40), slice(0, 150), slice(0, 150))
+    np.testing.assert_allclose(inference.sliding_window(VoxelwiseModel(), volume, patch, overlap=0.25, region=whole),
+                               full, atol=1e-6)
+
+
+def test_region_smaller_than_a_window_gets_one_centred_window_inside_the_volume():
+    assert inference._region_starts(100, 48, 0.25, slice(40, 60), 0) == [26]
+    assert inference._region_starts(100, 48, 0.25, slice(0, 10), 0) == [0]
+    assert inference._region_starts(100, 48, 0.25, slice(95, 100), 0) == [52]
+    assert inference._region_starts(40, 48, 0.25, slice(5, 30), 4) == [0]  # padded axis: the one window
+
+
+def test_touches_inner_border():
+    mask = np.zeros((10, 20, 20), bool)
+    region = (slice(2, 8), slice(5, 15), slice(0, 20))
+    mask[4, 8, 8] = True
+    assert not inference._touches_inner_border(mask, region, mask.shape)
+    mask[4, 8, 0] = True  # on the volume's own edge: not a cut
+    assert not inference._touches_inner_border(mask, region, mask.shape)
+    mask[2, 8, 8] = True  # on the region's first slice, inside the volume: cut
+    assert inference._touches_inner_border(mask, region, mask.shape)

@@ -270,6 +270,99 @@ class _TimedNetwork:
         return out
 
 
+# ---------------------------------------------------------------- 3. time against input size
+
+SIZE_CASES = (  # (label, path under DATA); the 512 x 512 x 40 one is made from PROMISE12 case00 (`_large_case`)
+    ("picai_10000 256x256x12, 72 mm field", "picai/picai_10000_1000000/t2w.nii.gz"),
+    ("ProstateX-0000 384x384x19, 192 mm", "prostatex/ProstateX-0000/t2w"),
+    ("PROMISE12 case04 256x256x46, 256 mm", "promise12/case04_t2.nii.gz"),
+    ("case00 resampled 512x512x40, 256 mm", "promise12/case00_t2.nii.gz"),
+)
+
+
+def _large_case(image):
+    """PROMISE12 case00 (256 x 256 x 47, 256 mm field) resampled (B-spline) to 512 x 512 x 40 over the same
+    field: the largest T2 the speed target names, with real anatomy."""
+    import SimpleITK as sitk
+
+    size = (512, 512, 40)
+    spacing = [image.GetSpacing()[i] * image.GetSize()[i] / size[i] for i in range(3)]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkBSpline, image.GetOrigin(), spacing,
+                         image.GetDirection(), 0.0, image.GetPixelID())
+
+
+def bench_sizes(repeat: int = 2, threads: int = 2) -> list[dict]:
+    """Per input size: `pipeline.segment` in one warm process (models loaded, as in the persistent
+    worker), with the localiser and over the whole volume, and MONAI's sliding window over the whole
+    working volume with the same network, patch, overlap and flip TTA (network only: a floor for any
+    whole-volume pass). Median of `repeat`."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from . import inference, models, pipeline, preprocess
+
+    torch.set_num_threads(threads)
+    rows = []
+    for label, relative in SIZE_CASES:
+        inputs = pipeline.read_inputs(DATA / relative)
+        if "512x512" in label:
+            inputs = pipeline.prepare_inputs(_large_case(inputs.t2))
+        row = {"case": label, "size": list(inputs.t2.GetSize()),
+               "field_mm": [round(n * s) for n, s in zip(inputs.t2.GetSize(), inputs.t2.GetSpacing())]}
+        for key, localiser in (("localised", "auto"), ("whole_volume", None)):
+            times, reports = [], []
+            for _ in range(max(1, repeat)):
+                start = time.perf_counter()
+                result = pipeline.segment(inputs, threads=threads, lesions=False, localiser=localiser)
+                times.append(time.perf_counter() - start)
+                reports.append(result.report)
+            row[f"{key}_s"] = statistics.median(times)
+            row[f"{key}_gland_s"] = statistics.median(r["timings_s"]["gland"] for r in reports)
+            row[f"{key}_ml"] = reports[0]["volumes_ml"]["prostate"]
+            if key == "localised":
+                row["localisation"] = reports[0]["localisation"]
+        model, meta = models.load(models.default_model("gland"))
+        volume, _ = preprocess.to_working_image(pipeline._channels_for(meta, pipeline.canonical_inputs(inputs)),
+                                                tuple(meta["preprocess"]["spacing_xyz_mm"]), meta.get("channels"))
+        settings = meta.get("inference", {})
+        patch = inference.window_patch(settings, volume.shape[1:], model.divisor)
+        tensor = torch.from_numpy(np.ascontiguousarray(volume))[None]
+
+        def predictor(x):
+            return torch.softmax(inference._forward(model, x).float(), dim=1)
+
+        times = []
+        for _ in range(max(1, repeat)):
+            start = time.perf_counter()
+            with torch.no_grad():
+                for flip in ([], [4]):  # the same flip TTA as ours
+                    x = torch.flip(tensor, flip) if flip else tensor
+                    sliding_window_inference(x, roi_size=patch, sw_batch_size=2, predictor=predictor,
+                                             overlap=settings.get("overlap", 0.5), mode="gaussian", sigma_scale=0.125)
+            times.append(time.perf_counter() - start)
+        row["monai_whole_volume_s"] = statistics.median(times)
+        row["ratio_localised_gland_to_monai"] = row["localised_gland_s"] / row["monai_whole_volume_s"]
+        rows.append(row)
+    return rows
+
+
+def print_sizes(rows: list[dict]) -> None:
+    print("3. Time against input size (one warm process: models loaded; gland + zones, no lesions; "
+          f"target <= {TARGET_SECONDS:.0f} s up to 512 x 512 x 40)")
+    print(f"   {'input':<38} {'localised':>10} {'whole vol.':>10} {'gland pass':>11} {'MONAI whole':>12} "
+          f"{'ratio':>6} {'box':>6}  verdict")
+    for r in rows:
+        box = r["localisation"].get("box_fraction")
+        print(f"   {r['case']:<38} {r['localised_s']:9.2f}s {r['whole_volume_s']:9.2f}s {r['localised_gland_s']:10.2f}s "
+              f"{r['monai_whole_volume_s']:11.2f}s {r['ratio_localised_gland_to_monai']:6.2f} "
+              f"{(f'{box:.0%}' if box is not None else 'none'):>6}  {_verdict(r['localised_s'] <= TARGET_SECONDS)}"
+              + (f"  ({r['localisation']['fallback']})" if r["localisation"].get("fallback") else ""))
+    print("   localised / whole vol.: `segment` with and without the coarse localiser; gland pass: the localised "
+          "gland stage (preprocessing, localiser, windows, resampling back); MONAI whole: its sliding window over the "
+          "whole working volume, network only, same patch/overlap/flip TTA; ratio = gland pass / MONAI whole; "
+          "box: share of the working volume the fine windows had to cover.")
+
+
 # ---------------------------------------------------------------- report
 
 def _gb(n: float) -> str:
@@ -325,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t2", default=str(CASE_T2), help="T2 DICOM folder or image (default: ProstateX-0000)")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--skip-sliding-window", action="store_true")
+    parser.add_argument("--skip-sizes", action="store_true", help="skip the time-against-input-size table")
     args = parser.parse_args(argv)
 
     t2 = Path(args.t2)
@@ -364,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         summary["load_average"]["after_sliding_window"] = load_average()
         print_sliding_window(summary["sliding_window"])
         print(f"   load average after part 2: {summary['load_average']['after_sliding_window']}\n")
+
+    if not args.skip_sizes:
+        summary["sizes"] = bench_sizes(max(1, min(args.repeat, 2)), args.threads)
+        summary["load_average"]["after_sizes"] = load_average()
+        print_sizes(summary["sizes"])
+        print(f"   load average after part 3: {summary['load_average']['after_sizes']}\n")
 
     summary["total_s"] = time.perf_counter() - started
     write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")

@@ -65,6 +65,11 @@ def _register_segment(subparsers) -> None:
                    help="resample a DICOM series with missing/uneven slices onto a regular grid (else refused)")
     p.add_argument("--no-lesions", action="store_true",
                    help="skip the csPCa lesion candidates (otherwise detected whenever ADC and HBV are given)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--localiser", default="auto",
+                       help="coarse gland localiser (catalog name or .pt file; default: the catalog's): the gland "
+                            "model then runs only around the gland, so time does not grow with the field of view")
+    where.add_argument("--no-localise", action="store_true", help="run the gland model over the whole volume")
     p.set_defaults(func=_segment)
     commands.declare_paths(p, inputs=["study", "t2", "adc", "hbv", "model", "zones_model"], output_dirs=["out"])
 
@@ -87,7 +92,8 @@ def _segment(args) -> int:
     report = pipeline.run(args.t2, args.out, adc=args.adc, hbv=args.hbv, gland_model=args.model,
                           zones_model=args.zones_model, device=args.device, tta=not args.no_tta,
                           progress=args.progress_fn, threads=args.threads, allow_irregular=args.allow_irregular,
-                          study=study, allow_mismatch=args.allow_mismatch, psa=args.psa, lesions=not args.no_lesions)
+                          study=study, allow_mismatch=args.allow_mismatch, psa=args.psa, lesions=not args.no_lesions,
+                          localiser=None if args.no_localise else args.localiser)
     lesions = report.get("lesions", {})
     if lesions.get("status") == "detected":
         passed = lesions["operating_points"]["balanced"]["lesions"]
@@ -170,7 +176,9 @@ def _register_train(subparsers) -> None:
                    help="epochs to train (default 40; with --resume: the run's own count, or more to extend it)")
     p.add_argument("--iterations", type=int, default=150, help="iterations per epoch")
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--patch", default="16,80,80", help="patch size z,y,x in working-grid voxels")
+    p.add_argument("--patch", default=None, help="patch size z,y,x in working-grid voxels (default 16,80,80)")
+    p.add_argument("--spacing", default=None,
+                   help="working grid x,y,z in mm (default 1.5,1.5,3.6; the localiser preset uses 4,4,4)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--val-every", type=int, default=2, help="validate every N epochs")
@@ -190,10 +198,12 @@ def _register_train(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
     p.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (debugging)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (optimizer state included)")
-    p.add_argument("--preset", choices=["lesions"], default=None,
+    p.add_argument("--preset", choices=["lesions", "localiser"], default=None,
                    help="lesions: the PI-CAI/nnU-Net lesion layout (imagesTr/<case>_0000..0002 T2, ADC, HBV, "
                         "optionally _0003 PZ and _0004 TZ masks; labelsTr ISUP values): sets --channels, --labels "
-                        "background,ISUP2,ISUP3,ISUP>=4 and --label-map 1=0,2=1,3=2,4=3,5=3 (each still overridable)")
+                        "background,ISUP2,ISUP3,ISUP>=4 and --label-map 1=0,2=1,3=2,4=3,5=3 (each still overridable). "
+                        "localiser: the coarse gland localiser (4 mm grid, small network, patch 16,64,64) that "
+                        "`segment` uses to run the fine model only around the gland")
     p.add_argument("--channels", default=None,
                    help="input channel names, comma-separated, T2 first (default T2); names ending in _mask are "
                         "masks (not normalised), e.g. T2,prostate_mask for the zone model")
@@ -216,12 +226,21 @@ def _train_numbers(args) -> tuple[tuple, dict, dict]:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if not (args.lr > 0 and 0 <= args.val_fraction < 1 and 0 <= args.val_overlap < 1):
         raise InputError("--lr must be > 0, and --val-fraction and --val-overlap between 0 and 1 (1 excluded).")
-    try:
-        patch = _triple(args.patch, int)
-        if min(patch) < 1:
-            raise ValueError
-    except ValueError:
-        raise InputError(f"--patch must be three positive whole numbers z,y,x (e.g. 16,80,80), got '{args.patch}'.") from None
+    patch = None
+    if args.patch is not None:
+        try:
+            patch = _triple(args.patch, int)
+            if min(patch) < 1:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--patch must be three positive whole numbers z,y,x (e.g. 16,80,80), got '{args.patch}'.") from None
+    if args.spacing is not None:
+        try:
+            spacing = _triple(args.spacing, float)
+            if not all(0 < v < 50 for v in spacing):
+                raise ValueError
+        except ValueError:
+            raise InputError(f"--spacing must be three sizes in mm x,y,z (e.g. 1.5,1.5,3.6), got '{args.spacing}'.") from None
     net = {}
     if args.features:
         try:
@@ -253,9 +272,12 @@ def _train(args) -> int:
     labels = args.labels or ",".join(preset.get("labels", ("background", "prostate")))
     label_map = label_map if args.label_map else preset.get("label_map", {})
     task = args.task or preset.get("task")
+    patch = patch or preset.get("patch") or train.TrainConfig.patch
+    spacing = _triple(args.spacing, float) if args.spacing else preset.get("spacing", train.TrainConfig.spacing)
+    net = {**preset.get("net", {}), **net}
     cfg = train.TrainConfig(
         data=args.data, out=args.out, epochs=epochs, iterations=args.iterations, batch=args.batch,
-        patch=patch, lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
+        patch=patch, spacing=tuple(spacing), lr=args.lr, val_fraction=args.val_fraction, val_every=args.val_every,
         val_overlap=args.val_overlap, seed=args.seed, threads=args.threads, device=args.device,
         max_cases=args.max_cases, net=net, val_tta=not args.no_val_tta, init=args.init, ema=args.ema,
         augment=dataset.augment_profile(args.augment),

@@ -70,19 +70,26 @@ def sliding_window(
     device=None,
     sigma_scale: float = 1.0 / 8,
     progress: ProgressFn | None = None,
+    region: tuple[slice, slice, slice] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) for a (C, Z, Y, X) volume.
 
     `model` maps (N, C, pz, py, px) to logits (N, K, pz, py, px) and should be in eval mode.
     `flip_axes`: extra TTA passes, each a tuple of spatial axes (0 = z, 1 = y, 2 = x) to mirror;
     e.g. ((2,),) adds a left-right flipped pass. Predictions are averaged over passes.
+    `region`: (z, y, x) slices of `volume`; windows are laid out over the region only (at least one
+    window wide, inside the volume) and voxels no window covers get background probability 1.
     """
     device = torch.device(device or "cpu")
     volume = torch.as_tensor(np.asarray(volume, dtype=np.float32))
     padded, crop = _pad_to(volume, patch)
     shape = padded.shape[1:]
     weights = gaussian_weights(patch, sigma_scale).to(device)
-    starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch))))
+    if region is None:
+        starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch))))
+    else:
+        starts = list(itertools.product(*(_region_starts(s, p, overlap, r, c.start)
+                                          for s, p, r, c in zip(shape, patch, region, crop))))
     accum = None
     norm = torch.zeros(shape, device=device)
     passes = [()] + [tuple(a) for a in flip_axes]
@@ -110,8 +117,19 @@ def sliding_window(
         done += len(chunk)
         if progress is not None:
             progress(done / len(starts), "sliding-window inference")
-    accum = accum / norm
+    covered = norm > 0
+    accum = torch.where(covered, accum / norm.clamp_min(1e-12), 0.0)
+    if not bool(covered.all()):
+        accum[0][~covered] = 1.0  # outside the region: background
     return accum[(slice(None),) + tuple(crop)].cpu().numpy()
+
+
+def _region_starts(size: int, patch: int, overlap: float, region: slice, offset: int) -> list[int]:
+    """Window starts on one padded axis covering `region` (unpadded indices; `offset` = padding before)."""
+    lo, hi = region.start + offset, region.stop + offset
+    if hi - lo <= patch:  # one window, centred on the region, kept inside the volume
+        return [min(max(int(round((lo + hi - patch) / 2)), 0), max(size - patch, 0))]
+    return [lo + start for start in window_starts(hi - lo, patch, overlap)]
 
 
 def window_patch(settings: dict, shape_zyx, divisor=(1, 16, 16), max_inplane: int = 256) -> tuple[int, int, int]:
@@ -123,6 +141,8 @@ def window_patch(settings: dict, shape_zyx, divisor=(1, 16, 16), max_inplane: in
     needs 9x fewer in-plane windows on a 128 x 128 plane.
     """
     patch = tuple(int(v) for v in settings.get("patch_zyx", (16, 80, 80)))
+    if settings.get("layout") == "whole-volume":  # one window over everything (the coarse localiser)
+        return tuple(max(p, int(math.ceil(n / d) * d)) for p, n, d in zip(patch, shape_zyx, divisor))
     if settings.get("layout", "patch") != "whole-plane":
         return patch
     inplane = [min(max_inplane, int(math.ceil(n / d) * d)) for n, d in zip(shape_zyx[1:], divisor[1:])]
@@ -141,11 +161,16 @@ def _forward(model, batch: torch.Tensor) -> torch.Tensor:
 
 
 def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bool = True,
-                          overlap: float | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+                          overlap: float | None = None, progress: ProgressFn | None = None,
+                          localiser=None, info: dict | None = None) -> np.ndarray:
     """Class probabilities (K, z, y, x) on the first channel's (T2) original grid.
 
     Repeats the model's preprocessing (working grid + normalisation from `metadata`), runs the
     sliding window on the working grid and resamples the probabilities back (linear).
+    `localiser` = (model, metadata) of a coarse gland localiser: the windows then cover only the
+    gland's box plus a margin (`localise_region`); the preprocessing is the same whole-volume one, so
+    the windows see exactly what they would see in a whole-volume pass. `info` (a dict) receives what
+    the localisation did.
     """
     from . import preprocess
 
@@ -154,10 +179,63 @@ def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bo
     volume, working = preprocess.to_working_image(list(channels), spacing, metadata.get("channels"))
     flips = tuple(tuple(a) for a in settings.get("tta_flip_axes_zyx", [[2]])) if tta else ()
     patch = window_patch(settings, volume.shape[1:], getattr(model, "divisor", (1, 16, 16)))
-    probs = sliding_window(model, volume, patch,
-                           overlap=settings.get("overlap", 0.5) if overlap is None else overlap,
-                           flip_axes=flips, device=device, progress=progress)
+    overlap = settings.get("overlap", 0.5) if overlap is None else overlap
+    info = {} if info is None else info
+    region = None
+    if localiser is not None:
+        region = localise_region(*localiser, channels[0], working, patch, device=device, info=info)
+    probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
+                           progress=progress, region=region)
+    threshold = float(settings.get("threshold", 0.5))
+    if region is not None and _touches_inner_border(probs[1:].sum(0) >= threshold, region, volume.shape[1:]):
+        # The gland reaches the edge of the box: the localiser cut it. Redo the whole volume.
+        info["fallback"] = "the gland reached the edge of the localised box: whole volume segmented"
+        probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
+                               progress=progress)
     return preprocess.probabilities_to_original(probs, working, channels[0])
+
+
+LOCALISER_MARGIN_MM = (15.0, 15.0, 7.5)  # x, y, z around the coarse gland box (the coarse grid is 4 mm)
+
+
+def localise_region(model, metadata: dict, t2, working, patch, device="cpu", margin_mm=LOCALISER_MARGIN_MM,
+                    info: dict | None = None) -> tuple[slice, slice, slice] | None:
+    """(z, y, x) slices of the fine `working` grid holding the gland found by the coarse localiser
+    (largest component of p >= 0.5 on its own grid) plus `margin_mm`, or None (whole volume) when it
+    finds nothing. The region is at least one window (`patch`) wide where the volume allows."""
+    from . import preprocess
+
+    info = {} if info is None else info
+    spacing = tuple(metadata["preprocess"]["spacing_xyz_mm"])
+    coarse, coarse_grid = preprocess.to_working_image([t2], spacing, metadata.get("channels"))
+    coarse_patch = window_patch({**metadata.get("inference", {}), "layout": "whole-volume"}, coarse.shape[1:],
+                                getattr(model, "divisor", (1, 16, 16)))
+    found = keep_largest_component(sliding_window(model, coarse, coarse_patch, overlap=0.0, device=device)[1] >= 0.5)
+    info["localiser"] = metadata.get("name", "localiser")
+    if not found.any():
+        info["fallback"] = "the localiser found no gland: whole volume segmented"
+        return None
+    idx = np.argwhere(found)
+    corners = itertools.product(*[(lo - 0.5, hi + 0.5) for lo, hi in zip(idx.min(0)[::-1], idx.max(0)[::-1])])
+    points = [working.TransformPhysicalPointToContinuousIndex(coarse_grid.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in c])) for c in corners]  # (x, y, z) fine-grid indices of the coarse box
+    margin = [m / s for m, s in zip(margin_mm, working.GetSpacing())]
+    lo = [math.floor(min(p[a] for p in points) - margin[a]) for a in range(3)][::-1]
+    hi = [math.ceil(max(p[a] for p in points) + margin[a]) + 1 for a in range(3)][::-1]
+    shape = tuple(working.GetSize()[::-1])
+    region = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, shape))
+    info["box_zyx"] = [[r.start, r.stop] for r in region]
+    info["box_fraction"] = round(float(np.prod([r.stop - r.start for r in region]) / np.prod(shape)), 4)
+    return region
+
+
+def _touches_inner_border(mask: np.ndarray, region, shape) -> bool:
+    """Whether `mask` has voxels on a face of `region` that is not also a face of the volume."""
+    for axis, (r, n) in enumerate(zip(region, shape)):
+        for index, inner in ((r.start, r.start > 0), (r.stop - 1, r.stop < n)):
+            if inner and mask.take(index, axis=axis).any():
+                return True
+    return False
 
 
 def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -201,21 +201,33 @@ def voxel_ml(image: sitk.Image) -> float:
 
 def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | None = None, device: str = "auto",
             tta: bool = True, progress: ProgressFn | None = None, threads: int | None = None,
-            lesions: bool = True) -> Result:
+            lesions: bool = True, localiser: str | None = "auto") -> Result:
     """Run the cascade on prepared inputs (and, with ADC and HBV, the lesion detector unless `lesions`
-    is False). Raises NoProstateFound when the gland is absent."""
+    is False). Raises NoProstateFound when the gland is absent.
+
+    `localiser`: "auto" = the catalog's "localise" model when it has one, a catalog name or .pt file,
+    or None (the gland model runs over the whole volume)."""
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _segment(inputs, gland_model, zones_model, models.pick_device(device), tta, progress, lesions)
+        return _segment(inputs, gland_model, zones_model, models.pick_device(device), tta, progress, lesions,
+                        localiser)
     finally:
         torch.set_num_threads(previous_threads)  # in Slicer the process (and torch) is shared
 
 
-def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress, lesions: bool = True) -> Result:
+def _localiser_name(localiser: str | None, catalog) -> str | None:
+    if localiser != "auto":
+        return localiser
+    catalog = models.load_catalog() if catalog is None else catalog
+    return next((name for name, entry in catalog.items() if entry.get("task") == "localise"), None)
+
+
+def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress, lesions: bool = True,
+             localiser: str | None = "auto") -> Result:
     from .inference import predict_probabilities
     from .postprocess import foreground_mask
 
@@ -231,11 +243,14 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress,
     zones_name = zones_model or models.default_model("zones", catalog)
     net1, meta1 = models.load(gland_name, device=dev, catalog=catalog)
     net2, meta2 = models.load(zones_name, device=dev, catalog=catalog)
+    localiser_name = _localiser_name(localiser, catalog)
+    located = models.load(localiser_name, device=dev, catalog=catalog) if localiser_name else None
     timings["load_models"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    localisation = {}
     p_gland = predict_probabilities(net1, meta1, _channels_for(meta1, inputs), device=dev, tta=tta,
-                                    progress=scaled(progress, 0.0, 0.6))[1]
+                                    progress=scaled(progress, 0.0, 0.6), localiser=located, info=localisation)[1]
     threshold1 = float(meta1.get("inference", {}).get("threshold", 0.5))
     prostate = foreground_mask(p_gland, threshold1)
     timings["gland"] = time.perf_counter() - t0
@@ -277,6 +292,7 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress,
         },
         "device": str(dev),
         "test_time_augmentation": bool(tta),
+        "localisation": localisation or {"status": "off", "note": "the gland model ran over the whole volume"},
         "volumes_ml": {"prostate": round(volume, 3), "PZ": round(float((zones == 1).sum()) * ml, 3),
                        "TZ": round(float((zones == 2).sum()) * ml, 3)},
         "t2_geometry": {"size": list(original_t2.GetSize()), "spacing_mm": list(original_t2.GetSpacing()),
@@ -406,7 +422,8 @@ def write_outputs(result: Result, out: str | os.PathLike, write_seg=True, starte
 
 def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device="auto", tta=True,
         progress: ProgressFn | None = None, threads: int | None = None, allow_irregular: bool = False,
-        study=None, allow_mismatch: bool = False, psa: float | None = None, lesions: bool = True) -> dict:
+        study=None, allow_mismatch: bool = False, psa: float | None = None, lesions: bool = True,
+        localiser: str | None = "auto") -> dict:
     """Load -> segment -> write (the whole `prostateai segment`); returns the report.
 
     `study`: a DICOM study folder (or a `study.StudySelection` made from one) instead of t2/adc/hbv:
@@ -443,7 +460,7 @@ def run(t2, out, adc=None, hbv=None, gland_model=None, zones_model=None, device=
             inputs = read_inputs(t2, adc, hbv, allow_irregular)
         load_s = time.perf_counter() - t0
         result = segment(inputs, gland_model, zones_model, device, tta, scaled(progress, 0.05, 0.9), threads,
-                         lesions=lesions)
+                         lesions=lesions, localiser=localiser)
         result.report["timings_s"] = {"read_inputs": round(load_s, 3), **result.report["timings_s"]}
         if selection is not None:
             result.report["study"] = selection.as_report()

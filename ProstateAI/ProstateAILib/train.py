@@ -83,15 +83,29 @@ VALIDATION_FLIPS = ((2,),)  # flip TTA used for validation and stored as the dep
 # Pellicer-Valero 2022 grade the lesions too): ISUP 0-1 (benign / insignificant) are background.
 LESION_LABELS = ("background", "ISUP2", "ISUP3", "ISUP>=4")
 LESION_LABEL_MAP = {0: 0, 1: 0, 2: 1, 3: 2, 4: 3, 5: 3}
-PRESETS = ("lesions",)
+PRESETS = ("lesions", "localiser")
+
+# The coarse gland localiser (inference.localised_probabilities): a small network on a 4 mm grid that
+# sees a whole pelvis (256 mm) in one 16 x 64 x 64 window; it only has to find the gland's box.
+LOCALISER_SPACING = (4.0, 4.0, 4.0)
+LOCALISER_NET = {"features": [8, 16, 32, 48], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+                 "kernels": [[3, 3, 3]] * 4, "blocks": [1, 1, 1, 1]}
+LOCALISER_PATCH = (16, 64, 64)
 
 
 def preset_settings(name: str, data: str) -> dict:
-    """TrainConfig fields of a preset. "lesions": the PI-CAI / nnU-Net layout (`dataset.write_picai_layout`),
-    channels T2, ADC, HBV (+ PZ_mask, TZ_mask when the cases have 5 files), ISUP labels remapped to
-    background / ISUP2 / ISUP3 / ISUP>=4. The channel count is read from the dataset's first case."""
+    """TrainConfig fields of a preset.
+
+    "lesions": the PI-CAI / nnU-Net layout (`dataset.write_picai_layout`), channels T2, ADC, HBV
+    (+ PZ_mask, TZ_mask when the cases have 5 files), ISUP labels remapped to background / ISUP2 /
+    ISUP3 / ISUP>=4. The channel count is read from the dataset's first case.
+    "localiser": gland data (T2 -> prostate) on the 4 mm grid with the small localiser network.
+    """
     if name not in PRESETS:
         raise InputError(f"Unknown preset '{name}' (known: {', '.join(PRESETS)}).")
+    if name == "localiser":
+        return {"spacing": LOCALISER_SPACING, "net": dict(LOCALISER_NET), "patch": LOCALISER_PATCH,
+                "task": "prostate localisation on a coarse 4 mm grid (the gland's box for the fine pass)"}
     n_images = len(ds.discover_cases(data)[0].images)
     if n_images not in (3, 5):
         raise InputError(f"--preset lesions needs 3 (T2, ADC, HBV) or 5 (+ PZ and TZ masks) images per case; "

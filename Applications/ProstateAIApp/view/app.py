@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import slicer
@@ -23,9 +24,11 @@ from trame.widgets import vuetify3 as v3
 from trame_server.utils.asynchronous import create_task
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.app.logic import SegmentEditorLogic
-from trame_slicer.app.ui import SegmentEditorUI, create_vertical_slice_view_gutter_ui, create_vertical_view_gutter_ui
+from trame_slicer.app.ui import (SegmentEditorUI, SegmentEditorUndoRedoUI, create_vertical_slice_view_gutter_ui,
+                                create_vertical_view_gutter_ui)
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import RemoteViewFactory
+from trame_slicer.rca_view.rca_view_factory import RcaRenderStrategy
 from trame_slicer.segmentation import SegmentationOverwriteMode
 from trame_slicer.views import (Layout, LayoutDirection, NoScheduleRendering, SliceView, ThreeDView,
                                 ViewLayoutDefinition, ViewType)
@@ -97,14 +100,66 @@ def _quiet_view(view_class):
     return make
 
 
+class _Focus:
+    """The view the user last sent a mouse or wheel event to, and when (monotonic s)."""
+    view: str | None = None
+    since: float = 0.0
+    HOLD_S = 1.0  # a view keeps the focus this long after its last event
+
+
+class _FocusedViewFirst(RcaRenderStrategy):
+    """Render at once when this view has the focus (or none has); otherwise DELAY_S after the last request.
+
+    Why: scrolling the axial view changes the 3D view (it shows the slices) and the other slice views
+    too; each render blocks the server's one event loop for tens of ms on software OpenGL, and when
+    they run first the axial frame waits. Deferred, they render in the pause after the scroll."""
+
+    DELAY_S = 0.15
+
+    def __init__(self, scheduler, name: str):
+        super().__init__(scheduler)
+        self._name, self._pending = name, None
+
+    def schedule_render(self):
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        idle = time.monotonic() - _Focus.since > _Focus.HOLD_S
+        if idle or _Focus.view in (None, self._name):
+            super().schedule_render()
+        else:
+            self._pending = asyncio.get_event_loop().call_later(self.DELAY_S, self._render_now)
+
+    def _render_now(self):
+        self._pending = None
+        super().schedule_render()
+
+
+class _FocusFirstViewFactory(RemoteViewFactory):
+    """trame-slicer's remote view factory whose views render the focused view first (`_FocusedViewFirst`)."""
+
+    def _create_view(self, view, scene, app_logic):
+        created = super()._create_view(view, scene, app_logic)
+        adapter, name = created.view_adapter, view.singleton_tag
+        interact = adapter.on_interaction
+
+        def on_interaction(origin, event):
+            _Focus.view, _Focus.since = name, time.monotonic()
+            interact(origin, event)
+
+        adapter.on_interaction = on_interaction
+        created.slicer_view.set_scheduled_render(_FocusedViewFirst(adapter._scheduler, name))
+        return created
+
+
 def _register_view_factories(view_manager, server) -> None:
     """trame-slicer's remote (RCA) slice and 3D view factories, as `register_rca_factories` makes them,
-    with lossless PNG frames (exact colours on the page) and interactive quality = still quality, so a
-    change is rendered and encoded once (no second "still" frame)."""
+    with lossless PNG frames (exact colours on the page), interactive quality = still quality (a change
+    is rendered and encoded once, no second "still" frame) and the focused view rendered first."""
     _fast_lossless_png()
     for view_class, view_type, populate in ((SliceView, ViewType.SLICE_VIEW, _marked_slice_view_ui),
                                             (ThreeDView, ViewType.THREE_D_VIEW, _marked_3d_view_ui)):
-        view_manager.register_factory(RemoteViewFactory(
+        view_manager.register_factory(_FocusFirstViewFactory(
             server, _quiet_view(view_class), view_type, populate_view_ui_f=populate, target_fps=30.0, blur_fps=10.0,
             interactive_quality=90, rca_encoder="png"))
 
@@ -162,11 +217,13 @@ class ProstateAIViewApp(TrameApp):
                       window=1.0, level=0.5, window_max=1.0, level_min=0.0, level_max=1.0, job_running=False,
                       progress=0, progress_message="", has_preview=False, threshold=0.5, opacity=0.4,
                       quality_text="", quality_colour="#dddddd", volumes_text="", has_result=False, can_undo=False,
-                      result_name="", save_path=""))
+                      result_name="", save_path="", lesion_rows=[], operating_point="balanced",
+                      operating_points=list(self.logic.OPERATING_POINTS), lesion_note=""))
         s.change("window_preset")(self.on_window_preset)
         s.change("window", "level")(self.on_window_level)
         s.change("threshold")(self.on_threshold)
         s.change("opacity")(self.on_opacity)
+        s.change("operating_point")(self.on_operating_point)
 
     def _step(self, what: str, action) -> bool:
         """Run one user action; its message goes to the status line, its error to the error banner."""
@@ -308,6 +365,7 @@ class ProstateAIViewApp(TrameApp):
         s.volumes_text = self.logic.describeReport(report)
         s.opacity = float(node.GetDisplayNode().GetOpacity2DFill())
         s.threshold = self.logic.previewThreshold(node)
+        self._show_lesions()
         return f"'{node.GetName()}': {self.logic.describeReport(report)}. Review the preview, then Accept or Reject."
 
     def on_cancel(self):
@@ -340,6 +398,39 @@ class ProstateAIViewApp(TrameApp):
         s.can_undo = self.logic.canUndoAccept(self.current)
         if self.preview is None:
             s.quality_text, s.volumes_text = "", ""
+        self._show_lesions()
+
+    # -- lesions -----------------------------------------------------------------------------------
+
+    def _lesion_node(self):
+        """The segmentation whose lesion candidates are listed: the preview under review, else the accepted one."""
+        return self.preview if self.preview is not None else self.current
+
+    def _show_lesions(self):
+        node = self._lesion_node()
+        rows = self.logic.lesionTable(node) if node is not None else []
+        self.state.lesion_rows = [{"id": r["id"], "score": f"{r['score']:.2f}", "isup": r.get("isup_class") or "—",
+                                   "ml": f"{r['volume_ml']:.2f}", "zone": r.get("zone") or "",
+                                   "passed": ", ".join(r["passed"]) or "none"} for r in rows]
+        if rows:
+            self.logic.showLesionMarkups(node)
+            self.on_operating_point(self.state.operating_point)
+
+    def on_operating_point(self, operating_point, **_):
+        node = self._lesion_node()
+        if node is None or not self.state.lesion_rows:
+            return
+        def apply():
+            shown = self.logic.setOperatingPoint(node, operating_point)
+            self.state.lesion_note = (f"{len(shown)} of {len(self.state.lesion_rows)} candidate(s) shown at "
+                                      f"'{operating_point}'")
+            return ""
+        self._step("Operating point", apply)
+
+    def on_lesion(self, lesion_id):
+        node = self._lesion_node()
+        self._step("Lesion", lambda: "Centred on lesion {} at RAS ({:.1f}, {:.1f}, {:.1f}) mm".format(
+            lesion_id, *self.logic.centreOnLesion(node, int(lesion_id))))
 
     def on_threshold(self, threshold, **_):
         preview = self.preview
@@ -431,6 +522,7 @@ class ProstateAIViewApp(TrameApp):
                 self._case_panel()
                 self._segment_panel()
                 self._review_panel()
+                self._lesions_panel()
                 self._correct_panel()
                 self.teaching.build()
             with v3.VMain(), html.Div(style="height: calc(100vh - 80px); position: relative;", classes="d-flex"):
@@ -486,12 +578,32 @@ class ProstateAIViewApp(TrameApp):
                             classes="ml-2")
                     v3.VBtn("Undo accept", click=self.on_undo, v_if="can_undo", size="small", classes="ml-2")
 
+    def _lesions_panel(self):
+        with v3.VCard(title="Lesion candidates", variant="tonal", density="compact", classes="mb-2 prostateai-lesions",
+                      v_if="lesion_rows.length", subtitle="rule-based baseline on T2 + ADC + HBV: review each"):
+            with v3.VCardText():
+                v3.VSelect(v_model=("operating_point",), items=("operating_points",), label="Operating point",
+                           density="compact", hide_details=True, classes="prostateai-operating-point")
+                html.Div("{{ lesion_note }}", classes="text-caption mb-1")
+                with v3.VTable(density="compact", hover=True, classes="prostateai-lesion-table"):
+                    with html.Thead(), html.Tr():
+                        for title in ("Lesion", "Score", "ISUP", "mL", "Zone", "Passes"):
+                            html.Th(title)
+                    with html.Tbody():
+                        with html.Tr(v_for="row in lesion_rows", key="row.id", style="cursor: pointer;",
+                                     click=(self.on_lesion, "[row.id]"), classes="prostateai-lesion-row"):
+                            for key in ("id", "score", "isup", "ml", "zone", "passed"):
+                                html.Td(f"{{{{ row.{key} }}}}")
+
     def _correct_panel(self):
         with v3.VCard(title="Correct and save", variant="tonal", density="compact", v_if="has_result",
                       subtitle=("result_name",)):
             with v3.VCardText():
                 with html.Div(style="height: 430px; display: flex; flex-direction: column;"):
                     self.editor_ui = SegmentEditorUI()
+                with html.Div(classes="d-flex align-center prostateai-edit-history"):
+                    html.Span("Edits:", classes="text-caption mr-2")
+                    SegmentEditorUndoRedoUI(self.editor_ui, row=True)
                 v3.VBtn("Recompute zones", click=self.on_recompute_zones, size="small", classes="mt-2")
                 with html.Div(classes="d-flex align-center mt-2"):
                     v3.VTextField(v_model=("save_path",), label="Save as (.seg.nrrd, .nii.gz or .dcm on the server)",
