@@ -18,6 +18,13 @@ for folder in ("Common", "CTPreprocess", "MRStandardize", "ProstateAI", "Testing
 
 SHARED_DATA = Path(os.environ.get("PROSTATEAI_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+# The ONNX exports of the models (ProstateAILib.onnx_backend) go to a folder of this test session, not
+# the user's cache: every run exports afresh from the committed weights (a few seconds per model).
+if "PROSTATEAI_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["PROSTATEAI_CACHE"] = tempfile.mkdtemp(prefix="prostateai-test-cache-")
+
 
 def _require(path: Path) -> Path:
     if not path.exists():

@@ -194,3 +194,44 @@ def test_touches_inner_border():
     assert not inference._touches_inner_border(mask, region, mask.shape)
     mask[2, 8, 8] = True  # on the region's first slice, inside the volume: cut
     assert inference._touches_inner_border(mask, region, mask.shape)
+
+
+def test_region_doubt_names_a_cut_gland_or_an_empty_box():
+    mask = np.zeros((20, 60, 60), bool)
+    region = (slice(2, 18), slice(10, 50), slice(10, 50))
+    spacing = (1.5, 1.5, 3.6)  # 8.1 uL per voxel: 5 mL = 618 voxels
+    assert "less than 5 mL" in inference._region_doubt(mask, region, spacing)
+    mask[6:14, 20:40, 20:40] = True  # 3200 voxels, inside the box
+    assert inference._region_doubt(mask, region, spacing) is None
+    mask[6:14, 20:40, 45:50] = True  # reaches the box's last column (not the volume's)
+    assert "edge of the localised box" in inference._region_doubt(mask, region, spacing)
+
+
+def test_onnxruntime_backend_matches_torch_on_a_real_volume(prostatex_t2, tmp_path, monkeypatch):
+    """The ONNX Runtime back end (what `models.load` picks on the CPU) gives the torch network's
+    probabilities to 1e-4 on ProstateX-0000's working volume, flip TTA included; the export is cached
+    by the model file's sha256 and reused."""
+    pytest.importorskip("onnxruntime")
+    from ProstateAILib import models, onnx_backend, preprocess
+
+    monkeypatch.setenv("PROSTATEAI_CACHE", str(tmp_path))
+    net, meta = models.load("prostate-gland-t2", backend="torch")
+    ort, ort_meta = models.load("prostate-gland-t2")
+    assert meta["backend"] == "torch" and ort_meta["backend"] == "onnxruntime"
+    assert isinstance(ort, onnx_backend.OrtModel) and ort.divisor == net.divisor
+    assert len(list(tmp_path.glob("*.onnx"))) == 1  # exported once, into the cache
+    volume, _ = preprocess.to_working_image([prostatex_t2], tuple(meta["preprocess"]["spacing_xyz_mm"]))
+    patch = tuple(meta["inference"]["patch_zyx"])
+    expected = inference.sliding_window(net, volume, patch, overlap=0.25, flip_axes=((2,),))
+    actual = inference.sliding_window(ort, volume, patch, overlap=0.25, flip_axes=((2,),))
+    assert np.abs(actual - expected).max() <= 1e-4
+    assert (expected[1] > 0.5).sum() > 1000  # the comparison covers a real gland
+    again, _ = models.load("prostate-gland-t2")  # from the cache: same session output
+    np.testing.assert_allclose(inference.sliding_window(again, volume, patch, overlap=0.25),
+                               inference.sliding_window(ort, volume, patch, overlap=0.25), atol=1e-6)
+    (next(tmp_path.glob("*.onnx"))).write_bytes(b"truncated")  # a damaged cache file is exported again
+    repaired, _ = models.load("prostate-gland-t2")
+    np.testing.assert_allclose(inference.sliding_window(repaired, volume, patch, overlap=0.25),
+                               inference.sliding_window(ort, volume, patch, overlap=0.25), atol=1e-6)
+    monkeypatch.setenv("PROSTATEAI_BACKEND", "torch")
+    assert models.load("prostate-gland-t2")[1]["backend"] == "torch"

@@ -11,7 +11,7 @@ from ProstateAILib import models
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("model", help="a run's model.pt")
 parser.add_argument("--name", required=True)
-parser.add_argument("--task", required=True, choices=["gland", "zones"])
+parser.add_argument("--task", required=True, choices=["gland", "zones", "localise", "lesions"])
 parser.add_argument("--version", default="1.0")
 parser.add_argument("--card", default=None, help="model card (Markdown), relative to Resources/")
 parser.add_argument("--extra", default=None, help="JSON object merged into the entry (e.g. external test results)")

@@ -186,12 +186,12 @@ def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bo
         region = localise_region(*localiser, channels[0], working, patch, device=device, info=info)
     probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
                            progress=progress, region=region)
-    threshold = float(settings.get("threshold", 0.5))
-    if region is not None and _touches_inner_border(probs[1:].sum(0) >= threshold, region, volume.shape[1:]):
-        # The gland reaches the edge of the box: the localiser cut it. Redo the whole volume.
-        info["fallback"] = "the gland reached the edge of the localised box: whole volume segmented"
-        probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
-                               progress=progress)
+    if region is not None:
+        reason = _region_doubt(probs[1:].sum(0) >= float(settings.get("threshold", 0.5)), region, spacing)
+        if reason:  # the box cut the gland, or held none: the localiser was wrong, so redo the whole volume
+            info["fallback"] = f"{reason}: whole volume segmented"
+            probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
+                                   progress=progress)
     return preprocess.probabilities_to_original(probs, working, channels[0])
 
 
@@ -227,6 +227,18 @@ def localise_region(model, metadata: dict, t2, working, patch, device="cpu", mar
     info["box_zyx"] = [[r.start, r.stop] for r in region]
     info["box_fraction"] = round(float(np.prod([r.stop - r.start for r in region]) / np.prod(shape)), 4)
     return region
+
+
+MIN_LOCALISED_ML = 5.0  # less foreground than this in the box: the localiser found something else
+
+
+def _region_doubt(mask: np.ndarray, region, spacing_xyz) -> str | None:
+    """Why the fine pass in `region` cannot be trusted (None when it can)."""
+    if _touches_inner_border(mask, region, mask.shape):
+        return "the gland reached the edge of the localised box"
+    if mask.sum() * float(np.prod(spacing_xyz)) / 1000.0 < MIN_LOCALISED_ML:
+        return f"less than {MIN_LOCALISED_ML:g} mL of gland in the localised box"
+    return None
 
 
 def _touches_inner_border(mask: np.ndarray, region, shape) -> bool:

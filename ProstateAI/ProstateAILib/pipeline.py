@@ -289,6 +289,7 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress,
         "models": {
             "gland": _model_info(meta1, threshold1),
             "zones": _model_info(meta2, threshold2),
+            **({"localiser": _model_info(located[1], 0.5)} if located else {}),
         },
         "device": str(dev),
         "test_time_augmentation": bool(tta),
@@ -345,6 +346,7 @@ def _model_info(metadata: dict, threshold: float) -> dict:
     validation = metadata.get("validation", {})
     return {"name": metadata.get("name"), "version": metadata.get("catalog_version"),
             "task": metadata.get("task"), "channels": metadata.get("channels"), "threshold": threshold,
+            "backend": metadata.get("backend", "torch"),
             "validation_dice": validation.get("deployment", {}).get("mean_dice", validation.get("mean_dice"))}
 
 
