@@ -53,6 +53,12 @@ def prostatex_data(shared_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def picai_case(shared_data) -> Path:
+    """picai_10000_1000000: T2/ADC/HBV NIfTI cropped to 72 mm (the gland fills the view), AI gland/zone masks."""
+    return _require(shared_data / "picai" / "picai_10000_1000000")
+
+
+@pytest.fixture(scope="session")
 def prostatex_case(prostatex_data) -> Path:
     """ProstateX-0000: T2/ADC/HBV DICOM folders and gland/zone/lesion masks (masks/)."""
     return _require(prostatex_data / "ProstateX-0000")

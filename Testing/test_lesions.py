@@ -46,13 +46,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def picai_case(shared_data) -> Path:
-    case = shared_data / "picai" / "picai_10000_1000000"
-    if not case.exists():
-        pytest.skip(f"{case} not found")
-    return case
-
 
 @pytest.fixture(scope="module")
 def expert(prostatex_case, prostatex_t2) -> np.ndarray:

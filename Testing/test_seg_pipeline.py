@@ -92,6 +92,28 @@ def test_report(segmented, prostatex_t2):
     assert report["inputs"]["T2"]["kind"] == "dicom-series" and report["inputs"]["ADC"]["size"] == [84, 128, 19]
 
 
+def test_localise_then_segment(segmented, prostatex_case, picai_case):
+    """The default run localised the gland (a box of under half the working volume) and kept the
+    whole-volume Dice; `--no-localise` segments the whole volume; on a tight crop (picai_10000: the
+    gland fills the 72 mm view) the localiser finds nothing and the report says the whole volume was
+    segmented."""
+    out, report = segmented
+    catalog = models.load_catalog()
+    assert report["models"]["localiser"]["name"] in catalog
+    assert catalog[report["models"]["localiser"]["name"]]["task"] == "localise"
+    localisation = report["localisation"]
+    assert "fallback" not in localisation and 0.05 < localisation["box_fraction"] < 0.5, localisation
+    localised = metrics.evaluate_files(out / "prostate.nii.gz", prostatex_case / "masks" / "prostate.nii.gz")
+    whole_report = pipeline.run(prostatex_case / "t2w", out.parent / "whole", threads=2, localiser=None, lesions=False)
+    assert whole_report["localisation"]["status"] == "off" and "localiser" not in whole_report["models"]
+    whole = metrics.evaluate_files(out.parent / "whole" / "prostate.nii.gz", prostatex_case / "masks" / "prostate.nii.gz")
+    assert abs(localised["1"]["dice"] - whole["1"]["dice"]) < 0.03, (localised, whole)
+    assert report["timings_s"]["gland"] < whole_report["timings_s"]["gland"]
+    tight = pipeline.run(picai_case / "t2w.nii.gz", out.parent / "tight", threads=2, lesions=False)
+    assert "whole volume segmented" in tight["localisation"]["fallback"]
+    assert tight["volumes_ml"]["prostate"] > 10
+
+
 def test_seg_nrrd_matches_the_label_maps(segmented, prostatex_t2):
     out, _ = segmented
     segments = segfile.read_seg_nrrd(out / "segmentation.seg.nrrd")

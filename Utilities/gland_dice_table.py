@@ -26,6 +26,8 @@ parser.add_argument("--data", required=True, help="dataset list (JSON) or folder
 parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
 parser.add_argument("--model", action="append", required=True, help="NAME=PATH, repeatable")
 parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--localiser", default=None,
+                    help="also segment with this coarse localiser (catalog name or .pt): columns NAME+loc")
 parser.add_argument("--json", default=None, help="write the table as JSON here")
 args = parser.parse_args()
 
@@ -38,20 +40,27 @@ if args.cases:
     cases = [c for c in cases if c.name in wanted]
     assert len(cases) == len(wanted), f"missing cases: {set(wanted) - {c.name for c in cases}}"
 named = dict(item.split("=", 1) for item in args.model)
-loaded = {name: models.read_model_file(path) for name, path in named.items()}
+loaded = {name: models.load(path) for name, path in named.items()}
+localiser = models.load(args.localiser) if args.localiser else None
+runs = [(name, name, None) for name in loaded] + ([(f"{name}+loc", name, localiser) for name in loaded] if localiser else [])
 rows, seconds = {}, defaultdict(list)
 for case in cases:
     t2 = dataset.with_spacing(read_image(case.images[0]), case.spacing)
     truth = sitk.GetArrayViewFromImage(dataset.with_spacing(read_image(case.label), case.spacing)) > 0
     rows[case.name] = {"group": case.group or "all"}
-    for name, (model, metadata) in loaded.items():
+    for column, name, located in runs:
+        model, metadata = loaded[name]
+        info = {}
         t0 = time.perf_counter()
-        labels = inference.segment_image(model.eval(), metadata, [t2])
-        seconds[name].append(time.perf_counter() - t0)
-        rows[case.name][name] = metrics.dice(sitk.GetArrayViewFromImage(labels) == 1, truth)
+        probs = inference.predict_probabilities(model, metadata, [t2], localiser=located, info=info)
+        mask = inference.foreground_mask(probs[1], metadata.get("inference", {}).get("threshold", 0.5))
+        seconds[column].append(time.perf_counter() - t0)
+        rows[case.name][column] = metrics.dice(mask, truth)
+        if located is not None:
+            rows[case.name][column + " localisation"] = info
     print(case.name, {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[case.name].items()}, flush=True)
 
-names = list(loaded)
+names = [column for column, _, _ in runs]
 print("\n| case | group | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names))
 for case, row in rows.items():
     print(f"| {case} | {row['group']} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " |")
