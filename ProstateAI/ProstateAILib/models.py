@@ -84,9 +84,13 @@ def resolve(name_or_path: str, catalog: dict[str, dict] | None = None) -> tuple[
 
 def read_model_file(path: str | os.PathLike, device="cpu", expected_sha256: str | None = None):
     """(model in eval mode on `device`, metadata) from a model file; checks the sha256 if given."""
-    import torch
+    blob = read_model_blob(path, expected_sha256)
+    return build_model(blob, path).to(device).eval(), blob["metadata"]
 
-    from . import network
+
+def read_model_blob(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
+    """{"metadata", "state_dict"} of a model file, read with weights_only=True (sha256 checked if given)."""
+    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -104,12 +108,19 @@ def read_model_file(path: str | os.PathLike, device="cpu", expected_sha256: str 
     if not isinstance(blob, dict) or not isinstance(blob.get("metadata"), dict) \
             or blob["metadata"].get("format") != MODEL_FORMAT:
         raise InputError(f"'{path}' is not a ProstateAI segmentation model.")
+    return blob
+
+
+def build_model(blob: dict, path="model"):
+    """The torch network of a model file's contents (eval mode, CPU)."""
+    from . import network
+
     try:
         model = network.build_network(blob["metadata"]["net"])
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise InputError(f"Model file '{path}' does not match its network description: {exc}") from exc
-    return model.to(device).eval(), blob["metadata"]
+    return model.eval()
 
 
 def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None, backend: str = "auto"):
@@ -123,18 +134,19 @@ def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None
     if backend not in ("auto", "torch", "onnxruntime"):
         raise InputError(f"Unknown inference back end '{backend}' (auto, torch or onnxruntime).")
     path, sha, entry = resolve(name_or_path, catalog)
-    model, metadata = read_model_file(path, device=device, expected_sha256=sha)
-    metadata = dict(metadata)
+    blob = read_model_blob(path, expected_sha256=sha)
+    metadata = dict(blob["metadata"])
     metadata["name"] = entry["name"] if entry else path.stem
     metadata["catalog_version"] = entry.get("version") if entry else None
-    metadata["backend"] = "torch"
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     if backend == "onnxruntime" and not onnx_backend.available():
         raise InputError("The onnxruntime back end needs the onnxruntime and onnx packages (pip install them).")
     if backend != "torch" and on_cpu and onnx_backend.available():
-        model = onnx_backend.wrap(model, metadata, sha or sha256_of(path))
         metadata["backend"] = "onnxruntime"
-    return model, metadata
+        # the torch network is only built when the export is not cached yet
+        return onnx_backend.wrap(lambda: build_model(blob, path), metadata, sha or sha256_of(path)), metadata
+    metadata["backend"] = "torch"
+    return build_model(blob, path).to(device), metadata
 
 
 def portable_path(value: str | None, base: Path) -> str | None:

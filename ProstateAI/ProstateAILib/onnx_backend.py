@@ -83,13 +83,13 @@ def _cache_path(key: str) -> Path:
     return cache_folder() / f"{key[:32]}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}.onnx"
 
 
-def _cached_export(model, in_channels: int, key: str, fresh: bool = False) -> bytes:
+def _cached_export(build, in_channels: int, key: str, fresh: bool = False) -> bytes:
     from ProstateAICore.imageio import atomic_path
 
     path = _cache_path(key)
     if path.is_file() and not fresh:
         return path.read_bytes()
-    data = export_bytes(model, in_channels)
+    data = export_bytes(build(), in_channels)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -111,14 +111,24 @@ def session(data: bytes, threads: int):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def wrap(model, metadata: dict, key: str, threads: int | None = None) -> OrtModel:
-    """`model` (a torch UNet3D) as an OrtModel; `key` names its export in the cache (the file's sha256).
-    A damaged cache file is exported again."""
+def divisor_of(net_config: dict) -> tuple[int, int, int]:
+    """Per-axis factor a network's input size must be a multiple of (as `UNet3D.divisor`), from its config."""
+    from . import network
+
+    strides = network.NetConfig.from_dict(net_config).strides
+    return tuple(int(np.prod([s[axis] for s in strides])) for axis in range(3))
+
+
+def wrap(build, metadata: dict, key: str, threads: int | None = None) -> OrtModel:
+    """The network `build()` makes (a torch UNet3D; called only when the export is not cached) as an
+    OrtModel; `key` names its export in the cache (the model file's sha256). A damaged cache file is
+    exported again."""
     import torch
 
     in_channels = int(metadata["net"].get("in_channels", 1))
     threads = threads or torch.get_num_threads()
+    divisor = divisor_of(metadata["net"])
     try:
-        return OrtModel(session(_cached_export(model, in_channels, key), threads), model.divisor)
+        return OrtModel(session(_cached_export(build, in_channels, key), threads), divisor)
     except Exception:  # noqa: BLE001 - truncated or foreign cache file: export afresh (and replace it), once
-        return OrtModel(session(_cached_export(model, in_channels, key, fresh=True), threads), model.divisor)
+        return OrtModel(session(_cached_export(build, in_channels, key, fresh=True), threads), divisor)
