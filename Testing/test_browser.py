@@ -595,6 +595,22 @@ def test_registration_panel_shows_the_checkerboard(page, timings):
     wait_frame(page, lambda s: s["hash"] == t2["hash"], what="the T2 again")
 
 
+def test_registration_uses_the_gland_once_segmented(page, server, timings):
+    """With a segmentation open, the registration's metric looks at the gland + 20 mm (best of 3 starts):
+    on ProstateX-0000 that moves the ADC, where the whole field of view kept the scanner alignment."""
+    segment(page, server)
+    button(page, "Registration").click()
+    page.wait_for_function("document.querySelector('.prostateai-reg-text').innerText.includes('Metric on the gland')",
+                           timeout=TEACH_TIMEOUT_S * 1000)
+    assert not error(page), error(page)
+    text = page.locator(".prostateai-reg-text").inner_text()
+    before, after = (float(v) for v in re.search(r"Gradient correlation (-?\d\.\d+) → (-?\d\.\d+)", text).groups())
+    assert after > before + 0.02, text
+    teach_view(page, "reg", "T2")
+    button(page, "Reject").click()
+    wait_message(page, "Rejected")
+
+
 def test_errors_show_on_the_page_and_the_server_keeps_running(page, server):
     missing = server.workdir / "no-such-study"
     page.locator(".prostateai-open-path input").fill(str(missing))

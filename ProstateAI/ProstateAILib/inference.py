@@ -183,16 +183,34 @@ def predict_probabilities(model, metadata: dict, channels, device="cpu", tta: bo
     info = {} if info is None else info
     region = None
     if localiser is not None:
-        region = localise_region(*localiser, channels[0], working, patch, device=device, info=info)
+        # The localiser reads the working image (already resampled): a second B-spline pass over a
+        # 512 x 512 x 40 original would cost more than the whole localisation.
+        region = localise_region(*localiser, working, working, patch, device=device, info=info)
     probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
                            progress=progress, region=region)
-    if region is not None:
-        reason = _region_doubt(probs[1:].sum(0) >= float(settings.get("threshold", 0.5)), region, spacing)
-        if reason:  # the box cut the gland, or held none: the localiser was wrong, so redo the whole volume
+    threshold = float(settings.get("threshold", 0.5))
+    for retry in (True, False):
+        reason = region is not None and _region_doubt(probs[1:].sum(0) >= threshold, region, spacing)
+        if not reason:
+            break
+        if retry and reason == CUT:  # the box was too tight: once more with a wider one
+            region = _widen(region, volume.shape[1:], [m / s for m, s in zip(WIDEN_MM, spacing)][::-1])
+            info["widened_box_zyx"] = [[r.start, r.stop] for r in region]
+        else:  # the localiser was wrong: the whole volume
             info["fallback"] = f"{reason}: whole volume segmented"
-            probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
-                                   progress=progress)
+            region = None
+        probs = sliding_window(model, volume, patch, overlap=overlap, flip_axes=flips, device=device,
+                               progress=progress, region=region)
     return preprocess.probabilities_to_original(probs, working, channels[0])
+
+
+CUT = "the gland reached the edge of the localised box"
+WIDEN_MM = (20.0, 20.0, 7.2)  # x, y, z added on each side when the first box cut the gland
+
+
+def _widen(region, shape, by_voxels) -> tuple[slice, slice, slice]:
+    return tuple(slice(max(0, r.start - math.ceil(b)), min(n, r.stop + math.ceil(b)))
+                 for r, n, b in zip(region, shape, by_voxels))
 
 
 LOCALISER_MARGIN_MM = (15.0, 15.0, 7.5)  # x, y, z around the coarse gland box (the coarse grid is 4 mm)
@@ -235,7 +253,7 @@ MIN_LOCALISED_ML = 5.0  # less foreground than this in the box: the localiser fo
 def _region_doubt(mask: np.ndarray, region, spacing_xyz) -> str | None:
     """Why the fine pass in `region` cannot be trusted (None when it can)."""
     if _touches_inner_border(mask, region, mask.shape):
-        return "the gland reached the edge of the localised box"
+        return CUT
     if mask.sum() * float(np.prod(spacing_xyz)) / 1000.0 < MIN_LOCALISED_ML:
         return f"less than {MIN_LOCALISED_ML:g} mL of gland in the localised box"
     return None
