@@ -356,6 +356,9 @@ def test_top_level_cmakelists():
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf'set\(\s*EXTENSION_{key}\s+"[^"]+"', text), f"EXTENSION_{key} missing"
     assert 'EXTENSION_CATEGORY "Segmentation"' in text
+    urls = re.search(r'set\(\s*EXTENSION_SCREENSHOTURLS\s+"([^"]+)"', text).group(1).split()
+    for url in urls:  # each screenshot the extension index shows is a committed file
+        assert (REPO / url.split("/main/", 1)[1]).is_file(), url
     order = [m for m in re.findall(r"(find_package\(Slicer REQUIRED\)|include\(\$\{Slicer_\w+\}\)|add_subdirectory\(\w+\))", text)]
     assert order[:2] == ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})"]
     assert order[-2:] == ["include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]
