@@ -19,7 +19,7 @@ pytestmark = pytest.mark.data
 
 # Measured with the shipped models (Resources/Models.json records them); the bounds leave room
 # for CPU-to-CPU float differences, not for a worse model.
-MIN_GLAND_DICE_PROSTATEX = 0.80  # measured 0.830 (gland model v1.2)
+MIN_GLAND_DICE_PROSTATEX = 0.85  # v2.0: 0.875 (a training case of v2.0; v1.2, which never saw it: 0.830)
 MIN_TZ_DICE_TRAINING_CASE = 0.60  # the demo zone model was trained on this very case: plumbing check only
 
 
