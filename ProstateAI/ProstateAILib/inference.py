@@ -238,8 +238,10 @@ def localise_region(model, metadata: dict, t2, working, patch, device="cpu", mar
     points = [working.TransformPhysicalPointToContinuousIndex(coarse_grid.TransformContinuousIndexToPhysicalPoint(
         [float(v) for v in c])) for c in corners]  # (x, y, z) fine-grid indices of the coarse box
     margin = [m / s for m, s in zip(margin_mm, working.GetSpacing())]
-    lo = [math.floor(min(p[a] for p in points) - margin[a]) for a in range(3)][::-1]
-    hi = [math.ceil(max(p[a] for p in points) + margin[a]) + 1 for a in range(3)][::-1]
+    # Rounded before floor/ceil: the corners often fall on whole indices, and a geometry that differs by
+    # 1e-9 mm (a volume node's matrix, a NIfTI header) must not move the box, and with it every window.
+    lo = [math.floor(round(min(p[a] for p in points) - margin[a], 4)) for a in range(3)][::-1]
+    hi = [math.ceil(round(max(p[a] for p in points) + margin[a], 4)) + 1 for a in range(3)][::-1]
     shape = tuple(working.GetSize()[::-1])
     region = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, shape))
     info["box_zyx"] = [[r.start, r.stop] for r in region]

@@ -39,9 +39,12 @@ Operating points (not fitted: there is no labelled cohort here; they follow from
 The weights and the rule structure come from PI-RADS; `SCORE_CENTRE`, `SCORE_SCALE` and the smoothing
 widths were checked on two cases only (ProstateX-0000, csPCa; PI-CAI 10000_1000000, negative), which are
 also the test cases: read their numbers in the tests as a plumbing check, not as validation. Measured there
-(`segment --no-tta`): the expert ProstateX-0000 lesion is candidate 1 (0.62), the negative case scores 0.42;
-with `SCORE_SIGMA_MM` = 1 the negative case would score higher (0.85 vs 0.81). Known false positive: the
-anterior fibromuscular stroma (low T2 and ADC) along the TZ's anterior edge.
+(`segment --no-tta`, gland model v1.2): the expert ProstateX-0000 lesion is candidate 1 (0.62), the negative
+case scores 0.42; with `SCORE_SIGMA_MM` = 1 the negative case would score higher (0.85 vs 0.81). With gland
+model v2.0, whose mask covers the negative case's whole gland, the negative case scores 0.65 (the positive
+0.61): it was read PI-RADS 4 and was benign at biopsy, so a PI-RADS-like rule set flagging it is expected,
+and these two cases cannot rank the detector. Known false positive: the anterior fibromuscular stroma
+(low T2 and ADC) along the TZ's anterior edge.
 """
 
 from __future__ import annotations
