@@ -13,6 +13,7 @@ cannot be written the export is kept in memory only. `PROSTATEAI_BACKEND=torch` 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -29,12 +30,8 @@ def available() -> bool:
     """Whether ONNX Runtime and the exporter's `onnx` package are importable and not switched off."""
     if os.environ.get("PROSTATEAI_BACKEND", "auto").lower() == "torch":
         return False
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Found, not imported: `import onnx` alone costs ~1.3 s, and it is only needed to export (once).
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
 def cache_folder() -> Path:
