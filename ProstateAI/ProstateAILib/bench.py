@@ -250,7 +250,7 @@ def _compare(t2_path, repeat: int, model_name: str | None, batch_size: int, over
         # ... and MONAI given our weight map: only the padding/blending code itself can differ
         summary["aligned_crop_same_weights"] = {
             "crop_zyx": [[c.start, c.stop] for c in crop], "window_starts_zyx": starts,
-            **agreement(mine, theirs(sub, inference.gaussian_weights(patch, 1.0 / 8)))}
+            **agreement(mine, theirs(sub, torch.from_numpy(inference.gaussian_weights(patch, 1.0 / 8))))}
     return summary
 
 

@@ -3,6 +3,10 @@
 Used by validation during training and by `prostateai segment`. Why Gaussian weights: patch
 borders see less context and are less reliable, so each window's softmax is weighted by a
 Gaussian centred on the patch (sigma = 1/8 of the patch size, nnU-Net) before averaging.
+
+The windows are cut, flipped, blended and normalised with NumPy, whatever runs the network (torch on the
+CPU or a GPU, or ONNX Runtime): one implementation, and a `segment` on the ONNX Runtime path never
+imports torch (about 2 s of a new process's start).
 """
 
 from __future__ import annotations
@@ -11,26 +15,24 @@ import itertools
 import math
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from ProstateAICore.progress import ProgressFn
 
 from .postprocess import foreground_mask, keep_largest_component  # noqa: F401  (the deployed post-processing)
 
 
-def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 1.0 / 8, floor: float = 1e-3) -> torch.Tensor:
-    """Separable Gaussian importance map (max 1) of shape `patch`; clamped above 0 so every voxel
-    covered by a window gets a positive weight."""
+def gaussian_weights(patch: tuple[int, int, int], sigma_scale: float = 1.0 / 8, floor: float = 1e-3) -> np.ndarray:
+    """Separable Gaussian importance map (float32, max 1) of shape `patch`; clamped above 0 so every
+    voxel covered by a window gets a positive weight."""
     axes = []
     for size in patch:
         centre = (size - 1) / 2.0
         sigma = max(size * sigma_scale, 1e-6)
-        coords = torch.arange(size, dtype=torch.float32)
-        axes.append(torch.exp(-0.5 * ((coords - centre) / sigma) ** 2))
+        coords = np.arange(size, dtype=np.float32)
+        axes.append(np.exp(-0.5 * ((coords - centre) / np.float32(sigma)) ** 2).astype(np.float32))
     weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     weights = weights / weights.max()
-    return weights.clamp_min(floor)
+    return np.maximum(weights, np.float32(floor)).astype(np.float32)
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -45,21 +47,24 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return [int(round(i * actual)) for i in range(n)]
 
 
-def _pad_to(volume: torch.Tensor, patch) -> tuple[torch.Tensor, list[slice]]:
+def _pad_to(volume: np.ndarray, patch) -> tuple[np.ndarray, list[slice]]:
     """Zero-pad (C, Z, Y, X) symmetrically so each axis is at least the patch size."""
-    pads, crop = [], []
+    pads, crop = [(0, 0)], []
     for size, p in zip(volume.shape[1:], patch):
         total = max(0, p - size)
         before = total // 2
         pads.append((before, total - before))
         crop.append(slice(before, before + size))
-    flat = [v for pair in reversed(pads) for v in pair]  # F.pad wants last axis first
-    if any(flat):
-        volume = F.pad(volume, flat)
+    if any(sum(pair) for pair in pads):
+        volume = np.pad(volume, pads)
     return volume, crop
 
 
-@torch.no_grad()
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
 def sliding_window(
     model,
     volume,
@@ -74,54 +79,62 @@ def sliding_window(
 ) -> np.ndarray:
     """Softmax probabilities (K, Z, Y, X) for a (C, Z, Y, X) volume.
 
-    `model` maps (N, C, pz, py, px) to logits (N, K, pz, py, px) and should be in eval mode.
-    `flip_axes`: extra TTA passes, each a tuple of spatial axes (0 = z, 1 = y, 2 = x) to mirror;
-    e.g. ((2,),) adds a left-right flipped pass. Predictions are averaged over passes.
+    `model` maps (N, C, pz, py, px) to logits (N, K, pz, py, px): a torch module in eval mode (run on
+    `device`) or an `onnx_backend.OrtModel`. `flip_axes`: extra TTA passes, each a tuple of spatial axes
+    (0 = z, 1 = y, 2 = x) to mirror; e.g. ((2,),) adds a left-right flipped pass. Predictions are
+    averaged over passes.
     `region`: (z, y, x) slices of `volume`; windows are laid out over the region only (at least one
     window wide, inside the volume) and voxels no window covers get background probability 1.
     """
-    device = torch.device(device or "cpu")
-    volume = torch.as_tensor(np.asarray(volume, dtype=np.float32))
+    volume = np.asarray(volume, dtype=np.float32)
     padded, crop = _pad_to(volume, patch)
     shape = padded.shape[1:]
-    weights = gaussian_weights(patch, sigma_scale).to(device)
+    weights = gaussian_weights(patch, sigma_scale)
     if region is None:
         starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch))))
     else:
         starts = list(itertools.product(*(_region_starts(s, p, overlap, r, c.start)
                                           for s, p, r, c in zip(shape, patch, region, crop))))
     accum = None
-    norm = torch.zeros(shape, device=device)
+    norm = np.zeros(shape, np.float32)
     passes = [()] + [tuple(a) for a in flip_axes]
-    done = 0
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i:i + batch_size]
-        windows = torch.stack([
-            padded[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]] for z, y, x in chunk
-        ]).to(device)
+    for done in range(0, len(starts), batch_size):
+        chunk = starts[done:done + batch_size]
+        windows = np.stack([padded[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]] for z, y, x in chunk])
         # One forward for the windows and all their flipped copies: bigger batches are faster on
         # CPU than several small ones (and never batch-1, see _forward).
-        inputs = torch.cat([torch.flip(windows, [a + 2 for a in axes]) if axes else windows for axes in passes])
-        out = torch.softmax(_forward(model, inputs).float(), dim=1)
+        inputs = np.concatenate([np.flip(windows, [a + 2 for a in axes]) if axes else windows for axes in passes])
+        out = softmax(_logits(model, np.ascontiguousarray(inputs), device))
         probs = 0.0
         for k, axes in enumerate(passes):
             part = out[k * len(chunk):(k + 1) * len(chunk)]
-            probs = probs + (torch.flip(part, [a + 2 for a in axes]) if axes else part)
-        probs = probs / len(passes)
+            probs = probs + (np.flip(part, [a + 2 for a in axes]) if axes else part)
+        probs = probs / np.float32(len(passes))
         if accum is None:
-            accum = torch.zeros((probs.shape[1],) + tuple(shape), device=device)
+            accum = np.zeros((probs.shape[1],) + tuple(shape), np.float32)
         for (z, y, x), p in zip(chunk, probs):
-            region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-            accum[(slice(None),) + region] += p * weights
-            norm[region] += weights
-        done += len(chunk)
+            region_slices = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+            accum[(slice(None),) + region_slices] += p * weights
+            norm[region_slices] += weights
         if progress is not None:
-            progress(done / len(starts), "sliding-window inference")
+            progress(min(done + batch_size, len(starts)) / len(starts), "sliding-window inference")
     covered = norm > 0
-    accum = torch.where(covered, accum / norm.clamp_min(1e-12), 0.0)
+    accum = np.where(covered, accum / np.maximum(norm, np.float32(1e-12)), np.float32(0.0)).astype(np.float32)
     if not bool(covered.all()):
         accum[0][~covered] = 1.0  # outside the region: background
-    return accum[(slice(None),) + tuple(crop)].cpu().numpy()
+    return np.ascontiguousarray(accum[(slice(None),) + tuple(crop)])
+
+
+def _logits(model, batch: np.ndarray, device=None) -> np.ndarray:
+    """The network's float32 logits for a NumPy batch (torch only imported for a torch model)."""
+    run_numpy = getattr(model, "run_numpy", None)
+    if run_numpy is not None:
+        return run_numpy(batch)
+    import torch
+
+    with torch.no_grad():
+        out = _forward(model, torch.from_numpy(batch).to(torch.device(device or "cpu")))
+    return out.float().cpu().numpy()
 
 
 def _region_starts(size: int, patch: int, overlap: float, region: slice, offset: int) -> list[int]:
@@ -155,6 +168,8 @@ def _forward(model, batch: torch.Tensor) -> torch.Tensor:
     Why: PyTorch's CPU heuristic sends small batch-1 3D convolutions to the slow reference
     kernel (slow_conv3d), ~3x slower per window than the oneDNN kernel it uses for batch >= 2.
     """
+    import torch
+
     if batch.shape[0] == 1 and batch.device.type == "cpu":
         return model(torch.cat([batch, batch]))[:1]
     return model(batch)

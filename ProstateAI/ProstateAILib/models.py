@@ -12,9 +12,11 @@ two folders above this package, which is the repository root in a checkout and
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from ProstateAICore.errors import InputError
@@ -24,7 +26,12 @@ MODEL_FORMAT = "prostateai-seg-model"
 
 
 def pick_device(name: str = "auto"):
-    """torch device: "auto" = cuda when available, else cpu; a clear error for unavailable cuda."""
+    """torch device: "auto" = cuda when available, else cpu; a clear error for unavailable cuda.
+
+    On a Linux machine without an NVIDIA device node, "auto" is "cpu" without importing torch (about 2 s
+    of a new process's start; the ONNX Runtime path needs no torch at all)."""
+    if name == "auto" and "torch" not in sys.modules and _no_nvidia_device():
+        return "cpu"
     import torch
 
     if name == "auto":
@@ -32,6 +39,10 @@ def pick_device(name: str = "auto"):
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu.")
     return torch.device(name)
+
+
+def _no_nvidia_device() -> bool:
+    return sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*")
 
 
 def catalog_path() -> Path:
@@ -123,30 +134,44 @@ def build_model(blob: dict, path="model"):
     return model.eval()
 
 
-def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None, backend: str = "auto"):
+def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None, backend: str = "auto",
+         threads: int | None = None):
     """(model, metadata) for a catalog name (sha256-checked) or a model file path.
 
     `backend`: "auto" runs the network with ONNX Runtime on the CPU when it is installed (`onnx_backend`:
     2.5-4x faster here, same probabilities to 1e-4), else with torch; "torch" always with torch.
-    metadata["backend"] says which."""
+    metadata["backend"] says which. `threads`: ONNX Runtime's threads (default: torch's setting, else 2).
+    With the export cached, nothing here imports torch."""
     from . import onnx_backend
 
     if backend not in ("auto", "torch", "onnxruntime"):
         raise InputError(f"Unknown inference back end '{backend}' (auto, torch or onnxruntime).")
     path, sha, entry = resolve(name_or_path, catalog)
-    blob = read_model_blob(path, expected_sha256=sha)
-    metadata = dict(blob["metadata"])
-    metadata["name"] = entry["name"] if entry else path.stem
-    metadata["catalog_version"] = entry.get("version") if entry else None
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     if backend == "onnxruntime" and not onnx_backend.available():
         raise InputError("The onnxruntime back end needs the onnxruntime and onnx packages (pip install them).")
     if backend != "torch" and on_cpu and onnx_backend.available():
+        key = sha256_of(path)  # names the export; the file is checked against the catalog as always
+        if sha is not None and key != sha:
+            read_model_blob(path, expected_sha256=sha)  # raises the corrupted-file error
+        metadata = onnx_backend.cached_metadata(key)
+        if metadata is None:  # first use: read the file (torch), keep its metadata beside the export
+            metadata = read_model_blob(path)["metadata"]
+            onnx_backend.store_metadata(key, metadata)
+        metadata = _named(dict(metadata), path, entry)
         metadata["backend"] = "onnxruntime"
         # the torch network is only built when the export is not cached yet
-        return onnx_backend.wrap(lambda: build_model(blob, path), metadata, sha or sha256_of(path)), metadata
+        return onnx_backend.wrap(lambda: build_model(read_model_blob(path), path), metadata, key, threads), metadata
+    blob = read_model_blob(path, expected_sha256=sha)
+    metadata = _named(dict(blob["metadata"]), path, entry)
     metadata["backend"] = "torch"
     return build_model(blob, path).to(device), metadata
+
+
+def _named(metadata: dict, path: Path, entry: dict | None) -> dict:
+    metadata["name"] = entry["name"] if entry else path.stem
+    metadata["catalog_version"] = entry.get("version") if entry else None
+    return metadata
 
 
 def portable_path(value: str | None, base: Path) -> str | None:

@@ -48,11 +48,15 @@ class OrtModel:
         self.session = session
         self.divisor = tuple(divisor)
 
+    def run_numpy(self, batch: np.ndarray) -> np.ndarray:
+        """float32 logits for a float32 (N, C, Z, Y, X) array (what `inference.sliding_window` calls)."""
+        return self.session.run(None, {"image": np.ascontiguousarray(batch, np.float32)})[0]
+
     def __call__(self, batch):
+        """The same for a torch tensor (as a torch module is called, e.g. by MONAI in the bench)."""
         import torch
 
-        logits = self.session.run(None, {"image": np.ascontiguousarray(batch.detach().cpu().numpy(), np.float32)})[0]
-        return torch.from_numpy(logits)
+        return torch.from_numpy(self.run_numpy(batch.detach().cpu().numpy()))
 
     def eval(self):
         return self
@@ -74,10 +78,10 @@ def export_bytes(model, in_channels: int) -> bytes:
 
 
 def _cache_path(key: str) -> Path:
-    import onnxruntime
-    import torch
+    from importlib.metadata import version
 
-    return cache_folder() / f"{key[:32]}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}.onnx"
+    # named by the versions without importing torch (the exporter's version shapes the file)
+    return cache_folder() / f"{key[:32]}-torch{version('torch').split('+')[0]}-ort{version('onnxruntime')}.onnx"
 
 
 def _cached_export(build, in_channels: int, key: str, fresh: bool = False) -> bytes:
@@ -96,6 +100,34 @@ def _cached_export(build, in_channels: int, key: str, fresh: bool = False) -> by
     return data
 
 
+def _metadata_path(key: str) -> Path:
+    return cache_folder() / f"{key[:32]}-metadata.json"
+
+
+def cached_metadata(key: str) -> dict | None:
+    """The model file's metadata kept beside its export (None when not cached or unreadable)."""
+    import json
+
+    try:
+        value = json.loads(_metadata_path(key).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) and value.get("net") else None
+
+
+def store_metadata(key: str, metadata: dict) -> None:
+    import json
+
+    from ProstateAICore.imageio import atomic_path
+
+    try:
+        _metadata_path(key).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(_metadata_path(key)) as tmp:
+            Path(tmp).write_text(json.dumps(metadata))
+    except (OSError, TypeError, ValueError) as exc:  # read-only cache: the file is read each time instead
+        log.info("model metadata not cached (%s)", exc)
+
+
 def session(data: bytes, threads: int):
     import onnxruntime as ort
 
@@ -109,21 +141,22 @@ def session(data: bytes, threads: int):
 
 
 def divisor_of(net_config: dict) -> tuple[int, int, int]:
-    """Per-axis factor a network's input size must be a multiple of (as `UNet3D.divisor`), from its config."""
-    from . import network
-
-    strides = network.NetConfig.from_dict(net_config).strides
-    return tuple(int(np.prod([s[axis] for s in strides])) for axis in range(3))
+    """Per-axis factor a network's input size must be a multiple of (as `UNet3D.divisor`), from its
+    recorded config (`NetConfig.to_dict`, which lists every level's strides): no torch needed."""
+    strides = net_config["strides"]
+    return tuple(int(np.prod([level[axis] for level in strides])) for axis in range(3))
 
 
 def wrap(build, metadata: dict, key: str, threads: int | None = None) -> OrtModel:
     """The network `build()` makes (a torch UNet3D; called only when the export is not cached) as an
     OrtModel; `key` names its export in the cache (the model file's sha256). A damaged cache file is
     exported again."""
-    import torch
+    import sys
 
     in_channels = int(metadata["net"].get("in_channels", 1))
-    threads = threads or torch.get_num_threads()
+    if not threads:
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else 2
     divisor = divisor_of(metadata["net"])
     try:
         return OrtModel(session(_cached_export(build, in_channels, key), threads), divisor)

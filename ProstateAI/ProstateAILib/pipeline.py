@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,16 +208,22 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
 
     `localiser`: "auto" = the catalog's "localise" model when it has one, a catalog name or .pt file,
     or None (the gland model runs over the whole volume)."""
-    import torch
+    from . import onnx_backend
 
-    previous_threads = torch.get_num_threads()
-    if threads:
+    dev = models.pick_device(device)
+    # torch only when it runs the networks (a GPU, or no ONNX Runtime) or is loaded already: importing
+    # it costs ~2 s of a new process; ONNX Runtime gets the thread count through models.load.
+    torch = None
+    if "torch" in sys.modules or str(dev) != "cpu" or not onnx_backend.available():
+        import torch
+    previous_threads = torch.get_num_threads() if torch is not None else None
+    if threads and torch is not None:
         torch.set_num_threads(threads)
     try:
-        return _segment(inputs, gland_model, zones_model, models.pick_device(device), tta, progress, lesions,
-                        localiser)
+        return _segment(inputs, gland_model, zones_model, dev, tta, progress, lesions, localiser, threads)
     finally:
-        torch.set_num_threads(previous_threads)  # in Slicer the process (and torch) is shared
+        if torch is not None:
+            torch.set_num_threads(previous_threads)  # in Slicer the process (and torch) is shared
 
 
 def _localiser_name(localiser: str | None, catalog) -> str | None:
@@ -227,7 +234,7 @@ def _localiser_name(localiser: str | None, catalog) -> str | None:
 
 
 def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress, lesions: bool = True,
-             localiser: str | None = "auto") -> Result:
+             localiser: str | None = "auto", threads: int | None = None) -> Result:
     from .inference import predict_probabilities
     from .postprocess import foreground_mask
 
@@ -241,10 +248,10 @@ def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress,
         catalog = models.load_catalog()
     gland_name = gland_model or models.default_model("gland", catalog)
     zones_name = zones_model or models.default_model("zones", catalog)
-    net1, meta1 = models.load(gland_name, device=dev, catalog=catalog)
-    net2, meta2 = models.load(zones_name, device=dev, catalog=catalog)
+    net1, meta1 = models.load(gland_name, device=dev, catalog=catalog, threads=threads)
+    net2, meta2 = models.load(zones_name, device=dev, catalog=catalog, threads=threads)
     localiser_name = _localiser_name(localiser, catalog)
-    located = models.load(localiser_name, device=dev, catalog=catalog) if localiser_name else None
+    located = models.load(localiser_name, device=dev, catalog=catalog, threads=threads) if localiser_name else None
     timings["load_models"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
