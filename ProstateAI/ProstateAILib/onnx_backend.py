@@ -8,7 +8,9 @@ The network is exported from the model file's weights (TorchScript exporter, ops
 and spatial axes) the first time a model is used and kept in a cache folder, named by the model
 file's sha256 and the torch / ONNX Runtime versions: no second file to ship, and a changed model or
 library never meets a stale export. The cache is `$PROSTATEAI_CACHE` or `~/.cache/prostateai`; when it
-cannot be written the export is kept in memory only. `PROSTATEAI_BACKEND=torch` turns the back end off.
+cannot be written the export is kept in memory only. The model file's metadata is kept beside it
+(`cached_metadata`), so with a warm cache a `segment` process never imports torch (~2 s) or onnx (~1.3 s).
+`PROSTATEAI_BACKEND=torch` turns the back end off.
 """
 
 from __future__ import annotations
