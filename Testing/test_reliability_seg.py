@@ -164,6 +164,8 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, promise12_data
     (["--features", "4,eight"], "--features must be positive whole numbers"),
     (["--label-map", "1:0"], "--label-map must be OLD=NEW"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--spacing", "1.5,1.5"], "--spacing must be three sizes in mm"),
+    (["--spacing", "1.5,0,3.6"], "--spacing must be three sizes in mm"),
 ])
 def test_train_refuses_malformed_numbers(bad, expected, tmp_path, promise12_data, capsys):
     data = _data_list(tmp_path / "list.json", promise12_data)
