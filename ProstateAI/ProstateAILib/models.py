@@ -103,9 +103,7 @@ def read_model_blob(path: str | os.PathLike, expected_sha256: str | None = None)
     """{"metadata", "state_dict"} of a model file, read with weights_only=True (sha256 checked if given)."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Model file '{path}' does not exist.")
+    path = _existing(path)
     if expected_sha256 is not None:
         actual = sha256_of(path)
         if actual != expected_sha256:
@@ -120,6 +118,13 @@ def read_model_blob(path: str | os.PathLike, expected_sha256: str | None = None)
             or blob["metadata"].get("format") != MODEL_FORMAT:
         raise InputError(f"'{path}' is not a ProstateAI segmentation model.")
     return blob
+
+
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Model file '{path}' does not exist.")
+    return path
 
 
 def build_model(blob: dict, path="model"):
@@ -151,7 +156,7 @@ def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None
     if backend == "onnxruntime" and not onnx_backend.available():
         raise InputError("The onnxruntime back end needs the onnxruntime and onnx packages (pip install them).")
     if backend != "torch" and on_cpu and onnx_backend.available():
-        key = sha256_of(path)  # names the export; the file is checked against the catalog as always
+        key = sha256_of(_existing(path))  # names the export; the file is checked against the catalog as always
         if sha is not None and key != sha:
             read_model_blob(path, expected_sha256=sha)  # raises the corrupted-file error
         metadata = onnx_backend.cached_metadata(key)
