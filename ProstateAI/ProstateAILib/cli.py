@@ -216,8 +216,8 @@ def _register_train(subparsers) -> None:
     p.set_defaults(func=_train)
 
 
-def _train_numbers(args) -> tuple[tuple, dict, dict]:
-    """--patch, --features and --label-map parsed, and the counts checked: a typo is one clear line
+def _train_numbers(args) -> tuple[tuple | None, tuple | None, dict, dict]:
+    """--patch, --spacing, --features and --label-map parsed (None: not given), and the counts checked: a typo is one clear line
     (exit 2), not a traceback from deep inside the training loop."""
     from ProstateAICore.errors import InputError
 
@@ -234,6 +234,7 @@ def _train_numbers(args) -> tuple[tuple, dict, dict]:
                 raise ValueError
         except ValueError:
             raise InputError(f"--patch must be three positive whole numbers z,y,x (e.g. 16,80,80), got '{args.patch}'.") from None
+    spacing = None
     if args.spacing is not None:
         try:
             spacing = _triple(args.spacing, float)
@@ -255,7 +256,7 @@ def _train_numbers(args) -> tuple[tuple, dict, dict]:
             label_map = {int(a): int(b) for a, b in (item.split("=") for item in args.label_map.split(","))}
         except ValueError:
             raise InputError(f"--label-map must be OLD=NEW integer pairs, e.g. 1=0,2=1, got '{args.label_map}'.") from None
-    return patch, net, label_map
+    return patch, spacing, net, label_map
 
 
 def _train(args) -> int:
@@ -264,7 +265,7 @@ def _train(args) -> int:
     if args.tune_only:
         train.finalize_run(args.out, args.data, args.threads or 2, log=lambda m: print(m, flush=True))
         return 0
-    patch, net, label_map = _train_numbers(args)
+    patch, spacing, net, label_map = _train_numbers(args)
     # --resume keeps the checkpoint's epoch count unless --epochs raises it (run_training takes the larger).
     epochs = args.epochs if args.epochs is not None else (1 if args.resume else 40)
     preset = train.preset_settings(args.preset, args.data) if args.preset and not args.resume else {}
@@ -273,7 +274,7 @@ def _train(args) -> int:
     label_map = label_map if args.label_map else preset.get("label_map", {})
     task = args.task or preset.get("task")
     patch = patch or preset.get("patch") or train.TrainConfig.patch
-    spacing = _triple(args.spacing, float) if args.spacing else preset.get("spacing", train.TrainConfig.spacing)
+    spacing = spacing or preset.get("spacing", train.TrainConfig.spacing)
     net = {**preset.get("net", {}), **net}
     cfg = train.TrainConfig(
         data=args.data, out=args.out, epochs=epochs, iterations=args.iterations, batch=args.batch,

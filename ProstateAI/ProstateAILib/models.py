@@ -152,25 +152,35 @@ def load(name_or_path: str, device="cpu", catalog: dict[str, dict] | None = None
     if backend not in ("auto", "torch", "onnxruntime"):
         raise InputError(f"Unknown inference back end '{backend}' (auto, torch or onnxruntime).")
     path, sha, entry = resolve(name_or_path, catalog)
-    on_cpu = getattr(device, "type", str(device)) == "cpu"
     if backend == "onnxruntime" and not onnx_backend.available():
         raise InputError("The onnxruntime back end needs the onnxruntime and onnx packages (pip install them).")
-    if backend != "torch" and on_cpu and onnx_backend.available():
+    if not runs_on_torch(device, backend):
         key = sha256_of(_existing(path))  # names the export; the file is checked against the catalog as always
         if sha is not None and key != sha:
             read_model_blob(path, expected_sha256=sha)  # raises the corrupted-file error
+        blob = None
         metadata = onnx_backend.cached_metadata(key)
         if metadata is None:  # first use: read the file (torch), keep its metadata beside the export
-            metadata = read_model_blob(path)["metadata"]
+            blob = read_model_blob(path)
+            metadata = blob["metadata"]
             onnx_backend.store_metadata(key, metadata)
         metadata = _named(dict(metadata), path, entry)
         metadata["backend"] = "onnxruntime"
         # the torch network is only built when the export is not cached yet
-        return onnx_backend.wrap(lambda: build_model(read_model_blob(path), path), metadata, key, threads), metadata
+        build = lambda: build_model(blob or read_model_blob(path), path)  # noqa: E731
+        return onnx_backend.wrap(build, metadata, key, threads), metadata
     blob = read_model_blob(path, expected_sha256=sha)
     metadata = _named(dict(blob["metadata"]), path, entry)
     metadata["backend"] = "torch"
     return build_model(blob, path).to(device), metadata
+
+
+def runs_on_torch(device, backend: str = "auto") -> bool:
+    """Whether `load` runs the networks with torch: asked for, on a GPU, or without ONNX Runtime."""
+    from . import onnx_backend
+
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    return backend == "torch" or not on_cpu or not onnx_backend.available()
 
 
 def _named(metadata: dict, path: Path, entry: dict | None) -> dict:

@@ -208,13 +208,11 @@ def segment(inputs: Inputs, gland_model: str | None = None, zones_model: str | N
 
     `localiser`: "auto" = the catalog's "localise" model when it has one, a catalog name or .pt file,
     or None (the gland model runs over the whole volume)."""
-    from . import onnx_backend
-
     dev = models.pick_device(device)
-    # torch only when it runs the networks (a GPU, or no ONNX Runtime) or is loaded already: importing
-    # it costs ~2 s of a new process; ONNX Runtime gets the thread count through models.load.
+    # torch only when it runs the networks or is loaded already: importing it costs ~2 s of a new
+    # process; ONNX Runtime gets the thread count through models.load.
     torch = None
-    if "torch" in sys.modules or str(dev) != "cpu" or not onnx_backend.available():
+    if "torch" in sys.modules or models.runs_on_torch(dev):
         import torch
     previous_threads = torch.get_num_threads() if torch is not None else None
     if threads and torch is not None:
