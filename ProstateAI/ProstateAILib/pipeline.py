@@ -228,7 +228,10 @@ def _localiser_name(localiser: str | None, catalog) -> str | None:
     if localiser != "auto":
         return localiser
     catalog = models.load_catalog() if catalog is None else catalog
-    return next((name for name, entry in catalog.items() if entry.get("task") == "localise"), None)
+    try:
+        return models.default_model("localise", catalog)
+    except InputError:  # a catalog without a localiser: the gland model runs over the whole volume
+        return None
 
 
 def _segment(inputs: Inputs, gland_model, zones_model, dev, tta: bool, progress, lesions: bool = True,
