@@ -281,6 +281,15 @@ def wait_frame(page, condition, timeout=30.0, view="axial", what="frame"):
     raise AssertionError(f"no {what} within {timeout} s (last frame: {shown})")
 
 
+def wait_enabled(locator, timeout=30.0, what="button"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if locator.is_enabled():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not enabled within {timeout} s")
+
+
 def message(page) -> str:
     node = page.locator(".prostateai-message")
     return node.inner_text() if node.count() else ""
@@ -460,6 +469,8 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
     save_as(page, before_path.name)
     before_frame = frame(page)
 
+    undo = page.locator(".prostateai-edit-history").locator("button:has(i.mdi-undo)")
+    assert undo.is_disabled(), "the editor's undo history should start empty after Accept"
     page.locator("button:has(i.mdi-brush)").first.click()  # trame-slicer's Paint effect
     img = page.locator(".prostateai-view-axial").locator("xpath=..").locator("img")
     box = img.bounding_box()
@@ -472,6 +483,10 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
         time.sleep(0.05)
     page.mouse.up()
     wait_frame(page, lambda s: s["colour"] > before_frame["colour"] + 300, what="painted stroke")
+    # The frame already shows the brush's feedback while dragging; the stroke enters the segmentation
+    # only when the server handles the button release, which travels on the view's event channel, not
+    # with the Save click. The Undo button turning on is the server saying the stroke is applied.
+    wait_enabled(undo, what="Undo after the paint stroke")
     save_as(page, after_path.name)
     time.sleep(0.3)
     small_png(page.screenshot(), SCREENSHOTS / "view-correct.png")
