@@ -235,7 +235,8 @@ class ProstateAIWidget(ParameterNodeWidgetMixin, JobPollingWidgetMixin, Scripted
         self.ui.thresholdSlider.blockSignals(True)
         self.ui.thresholdSlider.value = self.logic.previewThreshold(segmentationNode)
         self.ui.thresholdSlider.blockSignals(False)
-        self.ui.statusLabel.text = f"'{segmentationNode.GetName()}': {self.logic.describeReport(report)}"
+        self.ui.statusLabel.text = (f"'{segmentationNode.GetName()}': {self.logic.describeReport(report)}\n"
+                                    f"{self.logic.describeRun(report)}")
         text, colour = self.logic.describeQuality(report)
         self.ui.qualityLabel.text = text
         self.ui.qualityLabel.setStyleSheet(f"QLabel {{ background-color: {colour}; color: black; padding: 4px; }}")
@@ -545,6 +546,25 @@ class ProstateAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             return "no volumes reported"
         return (f"Prostate {volumes.get('prostate', 0.0):.1f} mL (PZ {volumes.get('PZ', 0.0):.1f} mL, "
                 f"TZ {volumes.get('TZ', 0.0):.1f} mL)")
+
+    @staticmethod
+    def describeRun(report: dict) -> str:
+        """One line on how the result was computed: "Gland model on its box (20 % of the volume),
+        onnxruntime on cpu, 1.9 s"; a localiser fallback says why the whole volume was segmented."""
+        localisation = report.get("localisation") or {}
+        if localisation.get("fallback"):
+            where = f"on the whole volume ({localisation['fallback'].split(':')[0]})"
+        elif "box_fraction" in localisation:
+            where = f"on its box ({100 * localisation['box_fraction']:.0f} % of the volume)"
+        elif localisation.get("status") == "off":
+            where = "on the whole volume (localisation off)"
+        else:
+            where = "on the whole volume"
+        backend = ((report.get("models") or {}).get("gland") or {}).get("backend", "")
+        engine = " on ".join(part for part in (backend, report.get("device", "")) if part)
+        total = (report.get("timings_s") or {}).get("total")
+        return ", ".join(part for part in (f"Gland model {where}", engine, total is not None and f"{total:.1f} s")
+                         if part)
 
     @staticmethod
     def describeQuality(report: dict) -> tuple:

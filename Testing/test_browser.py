@@ -402,6 +402,7 @@ def test_segment_runs_out_of_process_and_shows_the_overlay(page, server, timings
     assert stats["colour"] > before + 2000
     assert page.locator(".prostateai-quality").inner_text().startswith("Quality:")
     assert "Prostate" in message(page) and "mL" in message(page)
+    assert page.locator(".prostateai-run").inner_text().startswith("Gland model on its box (")
     time.sleep(0.5)
     small_png(page.screenshot(), SCREENSHOTS / "view-review.png")
 

@@ -377,7 +377,23 @@ def test_segment_job_loads_the_same_segmentation(mrml_scene, prostateai_module, 
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
     assert report["volumes_ml"] == direct.report["volumes_ml"]
     assert logic.describeReport(report).startswith("Prostate ")
+    # ProstateX-0000 is localised: the line says the gland model ran on its box, with which back end
+    box = f"on its box ({100 * report['localisation']['box_fraction']:.0f} % of the volume)"
+    assert logic.describeRun(report) == (f"Gland model {box}, {report['models']['gland']['backend']} on cpu, "
+                                         f"{report['timings_s']['total']:.1f} s")
     assert prostateai_module.ProstateAILogic.reportOf(node) == report
+
+
+def test_run_line_says_why_the_whole_volume_was_segmented(prostateai_module, picai_case, tmp_path):
+    """picai_10000's tight crop: the localiser finds nothing, and the line says so; --no-localise says
+    localisation was off."""
+    from ProstateAILib import pipeline
+
+    describe = prostateai_module.ProstateAILogic.describeRun
+    tight = pipeline.run(picai_case / "t2w.nii.gz", tmp_path / "tight", threads=2, lesions=False)
+    assert describe(tight).startswith("Gland model on the whole volume (the localiser found no gland), ")
+    off = pipeline.run(picai_case / "t2w.nii.gz", tmp_path / "off", threads=2, lesions=False, localiser=None)
+    assert describe(off).startswith("Gland model on the whole volume (localisation off), ")
 
 
 def test_segment_job_cancel_stops_the_process(mrml_scene, prostateai_module, prostatex_t2):

@@ -3,8 +3,8 @@
 Layout and callbacks only. Every step is a call to `ProstateAI.ProstateAILogic` (the class the Slicer
 module runs, imported with `slicer_module`) or to a Lib function: Segment = startSegmentJob, Job
 polling, finishSegmentJob; Review = setPreviewThreshold, setPreviewOpacity, acceptPreview,
-rejectPreview, undoAccept, describeQuality, describeReport; Correct = trame-slicer's segment editor
-(paint / erase on the segmentation node) and recomputeZones; Save = exportSegmentation. The scene is
+rejectPreview, undoAccept, describeQuality, describeReport, describeRun; Correct = trame-slicer's segment
+editor (paint / erase on the segmentation node) and recomputeZones; Save = exportSegmentation. The scene is
 trame-slicer's MRML scene; errors are shown on the page and the server keeps running.
 """
 
@@ -216,7 +216,7 @@ class ProstateAIViewApp(TrameApp):
         s.update(dict(case_name="", case_lines=[], open_path="", error="", message="", window_preset="Auto",
                       window=1.0, level=0.5, window_max=1.0, level_min=0.0, level_max=1.0, job_running=False,
                       progress=0, progress_message="", has_preview=False, threshold=0.5, opacity=0.4,
-                      quality_text="", quality_colour="#dddddd", volumes_text="", has_result=False, can_undo=False,
+                      quality_text="", quality_colour="#dddddd", volumes_text="", run_text="", has_result=False, can_undo=False,
                       result_name="", save_path="", lesion_rows=[], operating_point="balanced",
                       operating_points=list(self.logic.OPERATING_POINTS), lesion_note=""))
         s.change("window_preset")(self.on_window_preset)
@@ -362,7 +362,7 @@ class ProstateAIViewApp(TrameApp):
         text, colour = self.logic.describeQuality(report)
         s = self.state
         s.has_preview, s.quality_text, s.quality_colour = True, text, colour
-        s.volumes_text = self.logic.describeReport(report)
+        s.volumes_text, s.run_text = self.logic.describeReport(report), self.logic.describeRun(report)
         s.opacity = float(node.GetDisplayNode().GetOpacity2DFill())
         s.threshold = self.logic.previewThreshold(node)
         self._show_lesions()
@@ -397,7 +397,7 @@ class ProstateAIViewApp(TrameApp):
         s.result_name = self.current.GetName() if self.current is not None else ""
         s.can_undo = self.logic.canUndoAccept(self.current)
         if self.preview is None:
-            s.quality_text, s.volumes_text = "", ""
+            s.quality_text, s.volumes_text, s.run_text = "", "", ""
         self._show_lesions()
 
     # -- lesions -----------------------------------------------------------------------------------
@@ -567,6 +567,7 @@ class ProstateAIViewApp(TrameApp):
                 html.Div("{{ quality_text }}", v_if="has_preview", classes="pa-1 mb-1 prostateai-quality",
                          style=("{ background: quality_colour, color: 'black' }",))
                 html.Div("{{ volumes_text }}", v_if="has_preview", classes="text-caption")
+                html.Div("{{ run_text }}", v_if="has_preview", classes="text-caption prostateai-run")
                 with html.Div(v_if="has_preview", classes="prostateai-threshold"):
                     v3.VSlider(v_model=("threshold",), min=0.05, max=0.95, step=0.01, label="Threshold",
                                density="compact", hide_details=True, thumb_label=True)
