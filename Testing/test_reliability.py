@@ -206,7 +206,15 @@ def test_full_disk_is_an_error_and_leaves_nothing(work, full_disk):
 
 def _start(*argv, cwd=REPO) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ProstateAIApp.cli", *map(str, argv), "--progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default action in the child, as a command typed in a terminal has: a test suite started
+    in the background by a non-interactive shell (`make test &`) inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt (a local CI run saw exit 0 after SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_progress(proc: subprocess.Popen, at_least: float) -> None:
