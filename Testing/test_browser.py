@@ -467,27 +467,21 @@ def test_paint_stroke_goes_into_the_saved_file(page, server):
     page.wait_for_selector(".prostateai-save-path input")
     # Relative names: the server writes them in its working folder.
     before_path, after_path = server.workdir / "accepted.seg.nrrd", server.workdir / "painted.seg.nrrd"
+    assert page.locator(".prostateai-unsaved").is_visible(), "an accepted result is not saved until Save"
     save_as(page, before_path.name)
+    assert not page.locator(".prostateai-unsaved").count()
     before_frame = frame(page)
 
     undo = page.locator(".prostateai-edit-history").locator("button:has(i.mdi-undo)")
     assert undo.is_disabled(), "the editor's undo history should start empty after Accept"
     page.locator("button:has(i.mdi-brush)").first.click()  # trame-slicer's Paint effect
-    img = page.locator(".prostateai-view-axial").locator("xpath=..").locator("img")
-    box = img.bounding_box()
-    x0, y = box["x"] + 0.22 * box["width"], box["y"] + 0.3 * box["height"]  # anterior fat: no overlay there
-    page.mouse.move(x0, y)
-    time.sleep(0.5)
-    page.mouse.down()
-    for k in range(1, 11):
-        page.mouse.move(x0 + 0.012 * k * box["width"], y)
-        time.sleep(0.05)
-    page.mouse.up()
+    stroke(page, (0.22, 0.3), (0.34, 0.3))  # anterior fat: no overlay there
     wait_frame(page, lambda s: s["colour"] > before_frame["colour"] + 300, what="painted stroke")
     # The frame already shows the brush's feedback while dragging; the stroke enters the segmentation
     # only when the server handles the button release, which travels on the view's event channel, not
     # with the Save click. The Undo button turning on is the server saying the stroke is applied.
     wait_enabled(undo, what="Undo after the paint stroke")
+    assert page.locator(".prostateai-unsaved").is_visible(), "the stroke did not mark the result unsaved"
     save_as(page, after_path.name)
     time.sleep(0.3)
     small_png(page.screenshot(), SCREENSHOTS / "view-correct.png")
@@ -525,6 +519,57 @@ def test_editor_undo_and_redo_change_the_saved_file(page, server):
         assert set(saved) == set(expected)
         for segment in saved:
             assert np.array_equal(saved[segment], expected[segment]), f"{segment} after {icon}"
+
+
+def stroke(page, start, end, steps=10):
+    """A left-button drag across the axial view between two (x, y) fractions of the view."""
+    box = page.locator(".prostateai-view-axial").locator("xpath=..").locator("img").bounding_box()
+    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in (start, end)]
+    page.mouse.move(*at[0])
+    time.sleep(0.5)
+    page.mouse.down()
+    for k in range(1, steps + 1):
+        page.mouse.move(at[0][0] + (at[1][0] - at[0][0]) * k / steps, at[0][1] + (at[1][1] - at[0][1]) * k / steps)
+        time.sleep(0.05)
+    page.mouse.up()
+
+
+def test_islands_keep_largest_removes_the_stray_stroke(page, server):
+    """The paint stroke (redone) lies in the anterior fat, apart from the gland: Islands > Keep largest
+    takes it out again, and the saved Prostate is the accepted one."""
+    accepted = read_segments(server.workdir / "accepted.seg.nrrd")
+    page.locator("button:has(i.mdi-scatter-plot)").first.click()  # trame-slicer's Islands effect
+    page.get_by_role("button", name="Keep largest").click()
+    button(page, "Apply").click()
+    page.wait_for_selector(".prostateai-unsaved", timeout=30_000)
+    save_as(page, "islands.seg.nrrd")
+    saved = read_segments(server.workdir / "islands.seg.nrrd")
+    for name in accepted:
+        assert np.array_equal(saved[name], accepted[name]), name
+
+
+def test_erase_stroke_goes_into_the_saved_file_and_open_asks_first(page, server):
+    """An Erase stroke across the gland removes Prostate voxels in the saved file and nothing else. Until
+    it is saved, Open refuses once (the edits would be lost) and keeps the case."""
+    before = read_segments(server.workdir / "islands.seg.nrrd")
+    page.locator("button:has(i.mdi-eraser)").first.click()  # trame-slicer's Erase effect
+    stroke(page, (0.38, 0.5), (0.62, 0.5))
+    page.wait_for_selector(".prostateai-unsaved", timeout=30_000)  # the server applied the stroke
+    page.locator("button:has(i.mdi-cursor-default)").first.click()  # no tool
+
+    button(page, "Open").click()
+    page.wait_for_selector(".prostateai-error")
+    assert "not saved" in error(page) and "click Open again" in error(page)
+    assert page.locator(".prostateai-unsaved").is_visible() and frame(page)["colour"] > 2000  # nothing discarded
+
+    save_as(page, "erased.seg.nrrd")
+    assert not page.locator(".prostateai-unsaved").count()
+    after = read_segments(server.workdir / "erased.seg.nrrd")
+    erased = before["Prostate"] & ~after["Prostate"]
+    assert erased.sum() > 50, "the erase stroke removed nothing from the saved Prostate segment"
+    assert not (after["Prostate"] & ~before["Prostate"]).any(), "erasing added voxels"
+    for name in set(after) - {"Prostate"}:
+        assert np.array_equal(before[name], after[name]), f"{name} changed although Prostate was erased"
 
 
 def test_undo_accept_removes_the_accepted_segmentation(page):

@@ -201,6 +201,8 @@ class ProstateAIViewApp(TrameApp):
         self.t2_dicom = None  # the T2's DICOM folder when it has one (DICOM SEG export)
         self.before_accept = None  # what `current` was before the last Accept (Undo puts it back)
         self.running = None  # (job, tempdir) of the segmentation job
+        self.watched = None  # (segmentation, observer tag): edits to `current` mark it unsaved
+        self.discard_confirmed = False  # Open was clicked once with unsaved edits: the next click discards them
 
         self._init_state()
         self.teaching = TeachingPanels(self)
@@ -217,7 +219,7 @@ class ProstateAIViewApp(TrameApp):
                       window=1.0, level=0.5, window_max=1.0, level_min=0.0, level_max=1.0, job_running=False,
                       progress=0, progress_message="", has_preview=False, threshold=0.5, opacity=0.4,
                       quality_text="", quality_colour="#dddddd", volumes_text="", run_text="", has_result=False, can_undo=False,
-                      result_name="", save_path="", lesion_rows=[], operating_point="balanced",
+                      result_name="", unsaved=False, save_path="", lesion_rows=[], operating_point="balanced",
                       operating_points=list(self.logic.OPERATING_POINTS), lesion_note=""))
         s.change("window_preset")(self.on_window_preset)
         s.change("window", "level")(self.on_window_level)
@@ -252,6 +254,7 @@ class ProstateAIViewApp(TrameApp):
         case = cases.read_case(inputs)  # read first: a bad path leaves the open case as it is
         self._discard_job()
         self.editor_logic.segmentation_editor.clear()
+        self._watch_edits(None)
         for node in list(self.volumes.values()) + [n for n in (self.preview, self.current, self.before_accept) if n]:
             if node.GetScene() is not None:
                 self.slicer_app.scene.RemoveNode(node)
@@ -280,7 +283,7 @@ class ProstateAIViewApp(TrameApp):
             layers, segments = cases.segmentation_layers(segmentation, case.images["T2"])
             node = self._mrml.add_segmentation_node(scene, t2, layers, segments,
                                                     f"{Path(segmentation).name.split('.')[0]}")
-            self._set_current(node)
+            self._set_current(node, saved=True)
             message += f"; segmentation '{node.GetName()}' ({', '.join(s[0] for s in segments)})"
         return message
 
@@ -299,8 +302,14 @@ class ProstateAIViewApp(TrameApp):
                 view.schedule_render()
 
     def on_open(self):
+        if self.current is not None and self.state.unsaved and not self.discard_confirmed:
+            self.discard_confirmed = True
+            self.state.error = (f"'{self.current.GetName()}' has changes that are not saved: Save them, or click "
+                                "Open again to discard them.")
+            return
         path = (self.state.open_path or "").strip()
-        self.open_case([path] if path else [str(cases.sample_case(self.repo))])
+        if self.open_case([path] if path else [str(cases.sample_case(self.repo))]):
+            self.discard_confirmed = False
 
     def _apply_window_preset(self, name):
         display = self.volumes["T2"].GetDisplayNode() if "T2" in self.volumes else None
@@ -469,6 +478,8 @@ class ProstateAIViewApp(TrameApp):
             self.editor_logic.segmentation_editor.clear()
             self.logic.undoAccept(node)
             self.current = None
+            self._watch_edits(None)
+            self.state.unsaved = False
             if self.before_accept is not None and self.before_accept.GetScene() is not None:
                 self._set_current(self.before_accept)
             self.before_accept = None
@@ -478,9 +489,12 @@ class ProstateAIViewApp(TrameApp):
 
     # -- correct and save --------------------------------------------------------------------------
 
-    def _set_current(self, node):
-        """Make `node` the segmentation that trame-slicer's segment editor paints on and Save writes."""
+    def _set_current(self, node, saved=False):
+        """Make `node` the segmentation that trame-slicer's segment editor paints on and Save writes;
+        `saved`: it is already in a file (an opened segmentation), else it shows as not saved."""
         self.current = node
+        self._watch_edits(node)
+        self.state.unsaved = not saved
         editor = self.editor_logic.segmentation_editor
         editor.set_active_segmentation(node, self.volumes["T2"])
         editor.set_surface_representation_enabled(True)  # shown in the 3D view
@@ -491,6 +505,24 @@ class ProstateAIViewApp(TrameApp):
         display.SetVisibility2DOutline(True)
         display.SetOpacity2DFill(0.4)
         self._reset_review()
+
+    def _watch_edits(self, node):
+        """Observe `node`'s segments (paint, erase, scissors, islands, recomputed zones all change its source
+        representation): any change marks the result unsaved until the next Save."""
+        if self.watched is not None:
+            self.watched[0].RemoveObserver(self.watched[1])
+            self.watched = None
+        self.discard_confirmed = False
+        if node is not None:
+            segmentation = node.GetSegmentation()
+            tag = segmentation.AddObserver(slicer.vtkSegmentation.SourceRepresentationModified, self._on_edit)
+            self.watched = (segmentation, tag)
+
+    def _on_edit(self, *_):
+        if not self.state.unsaved:
+            with self.state:  # from a view interaction (a brush stroke): push the change to the page now
+                self.state.unsaved = True
+        self.discard_confirmed = False
 
     def on_recompute_zones(self):
         self._step("Recompute zones", lambda: " ".join(self.logic.recomputeZones(self.current, self.volumes["T2"]))
@@ -508,7 +540,9 @@ class ProstateAIViewApp(TrameApp):
                                  "(DICOM SEG).")
             if self.current is None:
                 raise InputError("Accept a result (or open a segmentation) first.")
-            return f"Wrote {self.logic.exportSegmentation(self.current, self.volumes['T2'], path, fmt, self.t2_dicom)}"
+            written = self.logic.exportSegmentation(self.current, self.volumes["T2"], path, fmt, self.t2_dicom)
+            self.state.unsaved = False
+            return f"Wrote {written}"
         self._step("Save", save)
 
     # -- page --------------------------------------------------------------------------------------
@@ -610,3 +644,5 @@ class ProstateAIViewApp(TrameApp):
                     v3.VTextField(v_model=("save_path",), label="Save as (.seg.nrrd, .nii.gz or .dcm on the server)",
                                   density="compact", hide_details=True, classes="prostateai-save-path")
                     v3.VBtn("Save", click=self.on_save, size="small", classes="ml-2")
+                html.Div("Not saved: changes since the last Save", v_if="unsaved",
+                         classes="text-caption text-warning mt-1 prostateai-unsaved")
