@@ -572,6 +572,35 @@ def test_erase_stroke_goes_into_the_saved_file_and_open_asks_first(page, server)
         assert np.array_equal(before[name], after[name]), f"{name} changed although Prostate was erased"
 
 
+def test_psa_density_and_qa_record_follow_the_edits(page, server):
+    """PSA density is computed on the corrected gland; the QA record says what the reviewer changed
+    against the AI result (the Erase stroke: Prostate edited, the zones not)."""
+    import SimpleITK as sitk
+
+    from ProstateAILib import segfile
+
+    accepted = read_segments(server.workdir / "accepted.seg.nrrd")
+    erased_images = segfile.read_seg_nrrd(server.workdir / "erased.seg.nrrd")
+    erased = {name: sitk.GetArrayFromImage(image).astype(bool) for name, image in erased_images.items()}
+    voxel_ml = float(np.prod(erased_images["Prostate"].GetSpacing())) / 1000.0
+    page.locator(".prostateai-psa input").fill("8.0")
+    expected = f"PSA density {8.0 / (erased['Prostate'].sum() * voxel_ml):.3f} ng/mL/mL"
+    page.wait_for_function("(text) => document.querySelector('.prostateai-psa-density').innerText === text",
+                           arg=expected, timeout=10_000)
+
+    page.locator(".prostateai-reviewer input").fill("Dr Review")
+    time.sleep(0.3)  # the typed name reaches the server before the click (see save_as)
+    button(page, "Save QA record").click()
+    wait_message(page, "erased.review.json (edited: yes)")
+    record = json.loads((server.workdir / "erased.review.json").read_text())
+    assert record["reviewer"] == "Dr Review" and record["edited"] is True
+    assert record["model"]["gland"]["name"] == "prostate-gland-t2"
+    prostate = record["segments"]["Prostate"]
+    assert prostate["voxels_changed"] == int((accepted["Prostate"] ^ erased["Prostate"]).sum()) > 50
+    assert prostate["final_volume_ml"] < prostate["ai_volume_ml"]
+    assert not record["segments"]["PZ"]["edited"] and not record["segments"]["TZ"]["edited"]
+
+
 def test_undo_accept_removes_the_accepted_segmentation(page):
     page.locator("button:has(i.mdi-cursor-default)").first.click()  # no tool
     button(page, "Undo accept").click()

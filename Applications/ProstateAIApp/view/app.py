@@ -4,8 +4,9 @@ Layout and callbacks only. Every step is a call to `ProstateAI.ProstateAILogic` 
 module runs, imported with `slicer_module`) or to a Lib function: Segment = startSegmentJob, Job
 polling, finishSegmentJob; Review = setPreviewThreshold, setPreviewOpacity, acceptPreview,
 rejectPreview, undoAccept, describeQuality, describeReport, describeRun; Correct = trame-slicer's segment
-editor (paint / erase on the segmentation node) and recomputeZones; Save = exportSegmentation. The scene is
-trame-slicer's MRML scene; errors are shown on the page and the server keeps running.
+editor (paint / erase on the segmentation node), recomputeZones and psaDensity; Save = exportSegmentation,
+reviewRecord and saveReviewRecord (the QA record). The scene is trame-slicer's MRML scene; errors are
+shown on the page and the server keeps running.
 """
 
 from __future__ import annotations
@@ -219,13 +220,14 @@ class ProstateAIViewApp(TrameApp):
                       window=1.0, level=0.5, window_max=1.0, level_min=0.0, level_max=1.0, job_running=False,
                       progress=0, progress_message="", has_preview=False, threshold=0.5, opacity=0.4,
                       quality_text="", quality_colour="#dddddd", volumes_text="", run_text="", has_result=False, can_undo=False,
-                      result_name="", unsaved=False, save_path="", lesion_rows=[], operating_point="balanced",
+                      result_name="", unsaved=False, save_path="", psa="", psa_text="", reviewer="", lesion_rows=[], operating_point="balanced",
                       operating_points=list(self.logic.OPERATING_POINTS), lesion_note=""))
         s.change("window_preset")(self.on_window_preset)
         s.change("window", "level")(self.on_window_level)
         s.change("threshold")(self.on_threshold)
         s.change("opacity")(self.on_opacity)
         s.change("operating_point")(self.on_operating_point)
+        s.change("psa")(self.on_psa)
 
     def _step(self, what: str, action) -> bool:
         """Run one user action; its message goes to the status line, its error to the error banner."""
@@ -495,6 +497,7 @@ class ProstateAIViewApp(TrameApp):
         self.current = node
         self._watch_edits(node)
         self.state.unsaved = not saved
+        self._show_psa_density()
         editor = self.editor_logic.segmentation_editor
         editor.set_active_segmentation(node, self.volumes["T2"])
         editor.set_surface_representation_enabled(True)  # shown in the 3D view
@@ -519,10 +522,43 @@ class ProstateAIViewApp(TrameApp):
             self.watched = (segmentation, tag)
 
     def _on_edit(self, *_):
-        if not self.state.unsaved:
-            with self.state:  # from a view interaction (a brush stroke): push the change to the page now
-                self.state.unsaved = True
+        with self.state:  # from a view interaction (a brush stroke): push the change to the page now
+            self.state.unsaved = True
+            self._show_psa_density()
         self.discard_confirmed = False
+
+    def on_psa(self, psa, **_):
+        self._show_psa_density()
+
+    def _show_psa_density(self):
+        """PSA / gland volume of the current segmentation (`psaDensity`), kept up to date with its edits."""
+        psa, text = str(self.state.psa or "").strip(), ""
+        if psa and self.current is not None:
+            try:
+                text = f"PSA density {self.logic.psaDensity(self.current, self.volumes['T2'], float(psa)):.3f} ng/mL/mL"
+            except ValueError:
+                text = f"PSA must be a number in ng/mL (got '{psa}')."
+            except InputError as error:
+                text = str(error)
+        self.state.psa_text = text
+
+    def on_save_record(self):
+        def save():
+            path = self._record_path()
+            record = self.logic.reviewRecord(self.current, self.volumes["T2"], (self.state.reviewer or "").strip() or None)
+            self.logic.saveReviewRecord(record, path)
+            return f"Wrote {path} (edited: {'yes' if record['edited'] else 'no'})"
+        self._step("QA record", save)
+
+    def _record_path(self) -> str:
+        """The QA record beside the segmentation's file: <name>.review.json."""
+        path = (self.state.save_path or "").strip()
+        if not path:
+            raise InputError("Give the segmentation's file name first: the QA record is saved beside it.")
+        for suffix in (".seg.nrrd", ".nii.gz", ".dcm"):
+            if path.lower().endswith(suffix):
+                return path[: -len(suffix)] + ".review.json"
+        return path + ".review.json"
 
     def on_recompute_zones(self):
         self._step("Recompute zones", lambda: " ".join(self.logic.recomputeZones(self.current, self.volumes["T2"]))
@@ -646,3 +682,11 @@ class ProstateAIViewApp(TrameApp):
                     v3.VBtn("Save", click=self.on_save, size="small", classes="ml-2")
                 html.Div("Not saved: changes since the last Save", v_if="unsaved",
                          classes="text-caption text-warning mt-1 prostateai-unsaved")
+                with html.Div(classes="d-flex align-center mt-2"):
+                    v3.VTextField(v_model=("psa",), label="PSA (ng/mL)", density="compact", hide_details=True,
+                                  classes="prostateai-psa", style="max-width: 140px;")
+                    html.Div("{{ psa_text }}", classes="text-caption ml-2 prostateai-psa-density")
+                with html.Div(classes="d-flex align-center mt-2"):
+                    v3.VTextField(v_model=("reviewer",), label="Reviewer", density="compact", hide_details=True,
+                                  classes="prostateai-reviewer")
+                    v3.VBtn("Save QA record", click=self.on_save_record, size="small", classes="ml-2")
