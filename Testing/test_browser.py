@@ -752,7 +752,18 @@ def test_a_t2_folder_and_a_label_map_open_as_segments(browser, prostatex_case, t
         zones = sitk.GetArrayFromImage(sitk.ReadImage(str(prostatex_case / "masks" / "zones.nii.gz")))
         assert np.array_equal(saved["PZ"], zones == 1) and np.array_equal(saved["TZ"], zones == 2)
         assert np.array_equal(saved["Prostate"], zones > 0)
+
+        # Nothing lost on Ctrl-C: an unsaved Erase stroke is written beside the saved file when the server stops.
+        tab.locator("button:has(i.mdi-eraser)").first.click()
+        stroke(tab, (0.38, 0.5), (0.62, 0.5))
+        tab.wait_for_selector(".prostateai-unsaved", timeout=30_000)
         tab.close()
+        srv.process.send_signal(signal.SIGINT)
+        assert srv.process.wait(timeout=30) == 0, srv.output()[-2000:]
+        kept = tmp_path / "zones.unsaved.seg.nrrd"
+        assert f"unsaved changes to 'zones' kept in {kept.name}" in srv.output(), srv.output()[-2000:]
+        unsaved = read_segments(kept)
+        assert (saved["Prostate"] & ~unsaved["Prostate"]).sum() > 50 and not (unsaved["Prostate"] & ~saved["Prostate"]).any()
     finally:
         srv.stop()
 

@@ -39,6 +39,17 @@ def register(subparsers) -> None:
     commands.declare_paths(p, inputs=["inputs", "segmentation"])
 
 
+def _keep_unsaved(app) -> None:
+    """Nothing lost on Ctrl-C: unsaved corrections are written beside the file they would have gone to."""
+    try:
+        kept = app.keep_unsaved()
+    except Exception as error:  # noqa: BLE001 - stopping goes on; the user is told in one line
+        print(f"prostateai view: error: unsaved changes could not be kept: {error}", file=sys.stderr, flush=True)
+        return
+    if kept:
+        print(f"prostateai view: unsaved changes to '{app.current.GetName()}' kept in {kept}", flush=True)
+
+
 def _view(args) -> int:
     # Headless OpenGL (Mesa EGL) unless the user chose a render window.
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -61,6 +72,7 @@ def _view(args) -> int:
         pass
     finally:
         sys.argv = argv
+        _keep_unsaved(app)
         app.close()
     print("prostateai view: stopped", flush=True)
     return 0

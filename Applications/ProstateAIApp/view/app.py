@@ -552,13 +552,26 @@ class ProstateAIViewApp(TrameApp):
 
     def _record_path(self) -> str:
         """The QA record beside the segmentation's file: <name>.review.json."""
-        path = (self.state.save_path or "").strip()
-        if not path:
+        if not (self.state.save_path or "").strip():
             raise InputError("Give the segmentation's file name first: the QA record is saved beside it.")
-        for suffix in (".seg.nrrd", ".nii.gz", ".dcm"):
-            if path.lower().endswith(suffix):
-                return path[: -len(suffix)] + ".review.json"
-        return path + ".review.json"
+        return self._beside_save_path(".review.json")
+
+    def _beside_save_path(self, suffix: str) -> str:
+        """The "Save as" name with its format suffix replaced by `suffix` (the case's default name when empty)."""
+        path = (self.state.save_path or "").strip() or str(self.save_dir / f"{self.state.case_name}-segmentation")
+        for known in (".seg.nrrd", ".nii.gz", ".dcm"):
+            if path.lower().endswith(known):
+                return path[: -len(known)] + suffix
+        return path + suffix
+
+    def keep_unsaved(self) -> str | None:
+        """When the server stops: changes no file holds go to <Save as name>.unsaved.seg.nrrd (never over the
+        user's own file); returns that path, or None when there was nothing unsaved."""
+        if self.current is None or not self.state.unsaved:
+            return None
+        path = self._beside_save_path(".unsaved.seg.nrrd")
+        self.logic.exportSegmentation(self.current, self.volumes["T2"], path, "seg.nrrd")
+        return path
 
     def on_recompute_zones(self):
         self._step("Recompute zones", lambda: " ".join(self.logic.recomputeZones(self.current, self.volumes["T2"]))
