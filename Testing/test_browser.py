@@ -745,6 +745,7 @@ def test_a_t2_folder_and_a_label_map_open_as_segments(browser, prostatex_case, t
         assert stats["colour"] > 2000
         assert "segmentation 'zones' (Prostate, PZ, TZ)" in message(tab)
         assert tab.locator(".prostateai-save-path").count() and not error(tab)
+        assert not tab.locator(".prostateai-unsaved").count(), "an opened file is not an unsaved change"
         save_as(tab, "zones.seg.nrrd")
         saved = read_segments(tmp_path / "zones.seg.nrrd")
         import SimpleITK as sitk

@@ -495,9 +495,6 @@ class ProstateAIViewApp(TrameApp):
         """Make `node` the segmentation that trame-slicer's segment editor paints on and Save writes;
         `saved`: it is already in a file (an opened segmentation), else it shows as not saved."""
         self.current = node
-        self._watch_edits(node)
-        self.state.unsaved = not saved
-        self._show_psa_density()
         editor = self.editor_logic.segmentation_editor
         editor.set_active_segmentation(node, self.volumes["T2"])
         editor.set_surface_representation_enabled(True)  # shown in the 3D view
@@ -507,6 +504,9 @@ class ProstateAIViewApp(TrameApp):
         display.SetVisibility2DFill(True)
         display.SetVisibility2DOutline(True)
         display.SetOpacity2DFill(0.4)
+        self._watch_edits(node)  # after the editor's own set-up: only the user's changes count
+        self.state.unsaved = not saved
+        self._show_psa_density()
         self._reset_review()
 
     def _watch_edits(self, node):
