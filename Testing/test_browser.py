@@ -390,6 +390,9 @@ def test_window_presets_change_the_image(page):
     page.get_by_text("High contrast (5-95 %)").click()
     changed = wait_frame(page, lambda s: s["hash"] != before["hash"], what="frame in the new window")
     assert changed["grey"] > 0.3 * changed["w"] * changed["h"]
+    line = page.locator(".prostateai-window-text").inner_text()
+    assert line.startswith("High contrast (5-95 %): percentiles 5-95 % of the image: "), line
+    assert 89.0 <= float(re.search(r"(\d+\.\d) % of the voxels", line).group(1)) <= 91.0, line  # 5-95 %: 90 %
     page.locator(".v-select").first.click()
     page.get_by_text("Auto", exact=True).click()
     wait_frame(page, lambda s: s["hash"] == before["hash"], what="frame back in the automatic window")
@@ -717,7 +720,28 @@ def test_errors_show_on_the_page_and_the_server_keeps_running(page, server):
     button(page, "Segment").click()
     page.wait_for_selector(".prostateai-error", timeout=SEGMENT_TIMEOUT_S * 1000)
     assert re.search(r"CT|Hounsfield", error(page)), error(page)
+    assert "Segmenting" not in message(page)  # the status line no longer says it is running
     assert server.alive()
+
+
+def test_ct_organ_window_presets_on_a_ct(page):
+    """The CT opened above (HU values): the preset list is the CT module's organ presets; Soft tissue
+    (abdomen) is level 50 / width 400 HU, and the line's share of voxels is the file's own."""
+    import SimpleITK as sitk
+
+    page.locator(".v-select").first.click()
+    assert page.get_by_text("Lungs (chest)", exact=True).count()
+    assert not page.get_by_text("High contrast (5-95 %)", exact=True).count()  # the MR presets are gone
+    before = frame(page)
+    page.get_by_text("Soft tissue (abdomen)", exact=True).click()
+    wait_frame(page, lambda s: s["hash"] != before["hash"], what="frame in the abdomen window")
+    page.wait_for_function("() => document.querySelector('.prostateai-window-text').innerText.includes('level 50')")
+    line = page.locator(".prostateai-window-text").inner_text()
+    assert "level 50 HU, width 400 HU: -150 to 250 HU from black to white" in line, line
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources" / "SampleData" / "sample_ct_abdomen_pelvis.nii.gz")))
+    inside = 100.0 * np.count_nonzero((ct >= -150) & (ct <= 250)) / ct.size
+    assert f"{inside:.1f} % of the voxels" in line, (line, inside)
+    small_png(page.screenshot(), SCREENSHOTS / "view-ct-window.png")
 
 
 def test_ctrl_c_stops_the_server_cleanly(page, server):

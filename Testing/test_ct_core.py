@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from CTPreprocessLib import croppad, denoise, normalize, resample, window
 from ProstateAICore import intensity, render
-from CTPreprocessLib.hu import fill_padding, load_ct, validate_ct
+from CTPreprocessLib.hu import fill_padding, load_ct, looks_like_hu, validate_ct
 from CTPreprocessLib.pipeline import CTPipelineConfig, resolve_window, run_pipeline, validate_config
 from ProstateAICore.errors import InputError
 
@@ -144,6 +144,15 @@ def test_known_tissue_hu_in_chest_ct(lung1, lung1_label):
 
 
 # ---------------------------------------------------------------- windows
+
+
+def test_looks_like_hu_tells_ct_from_mr(lung1, abdomen_sm, prostatex_t2, promise12_data):
+    """Real CTs in HU (chest, abdomen) have air; real T2s (ProstateX DICOM, PROMISE12) have no negative value."""
+    assert looks_like_hu(sitk.GetArrayViewFromImage(lung1)) and looks_like_hu(sitk.GetArrayViewFromImage(abdomen_sm))
+    promise = sitk.ReadImage(str(promise12_data / "case00_t2.nii.gz"))
+    for mr in (prostatex_t2, promise):
+        assert not looks_like_hu(sitk.GetArrayViewFromImage(mr))
+    assert not looks_like_hu(np.zeros(0))
 
 
 def test_presets_table_and_lookup():

@@ -108,6 +108,13 @@ def label_map_reason(array: np.ndarray) -> str | None:
     return f"{values.size} distinct non-negative integer values ({shown})"
 
 
+def looks_like_hu(array: np.ndarray, min_air_fraction: float = 0.01) -> bool:
+    """Whether the values look like a CT in HU: at least `min_air_fraction` of the voxels are air
+    (below AIR_HU). MR magnitude images have no negative values at all."""
+    array = np.asarray(array)
+    return array.size > 0 and float(np.count_nonzero(array < AIR_HU)) / array.size >= min_air_fraction
+
+
 def validate_ct(image: sitk.Image, name: str = "CT image") -> np.ndarray:
     """Reject what cannot be a CT volume: 2D, NaN/Inf, constant, or a label map. Returns a read-only view."""
     array = validate_volume(image, name)

@@ -16,6 +16,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import slicer
 
 from trame.app import TrameApp
@@ -34,6 +35,7 @@ from trame_slicer.segmentation import SegmentationOverwriteMode
 from trame_slicer.views import (Layout, LayoutDirection, NoScheduleRendering, SliceView, ThreeDView,
                                 ViewLayoutDefinition, ViewType)
 
+from CTPreprocessLib import window as ct_window
 from ProstateAICore.errors import Cancelled, InputError
 from ProstateAICore.intensity import percentiles
 from ProstateAICore.jobs import discard_job
@@ -47,7 +49,18 @@ log = logging.getLogger("prostateai.view")
 # Window presets for MR (no Hounsfield units): percentiles of the T2's voxels, or Slicer's automatic window.
 WINDOW_PRESETS = {"Auto": None, "Soft tissue (1-99.5 %)": (1.0, 99.5), "High contrast (5-95 %)": (5.0, 95.0),
                   "Full range": (0.0, 100.0)}
+# On a CT: the organ presets of CTPreprocessLib.window (level / width in HU), the same the CT module uses.
+CT_WINDOW_PRESETS = {"Auto": None, **{label: key for key, label in ct_window.PRESET_LABELS.items()}}
 VIEW_NAMES = {"Red": "axial", "Yellow": "sagittal", "Green": "coronal", "ThreeD": "3d"}
+
+
+def window_line(name: str, how: str, lo: float, hi: float, array, unit: str = "") -> str:
+    """"Soft tissue (abdomen): level 50 HU, width 400 HU: -150 to 250 HU from black to white; 31.2 % of
+    the voxels in between (darker ones black, brighter ones white)." """
+    inside = 100.0 * float(np.count_nonzero((array >= lo) & (array <= hi))) / max(array.size, 1)
+    unit = f" {unit}" if unit else ""
+    return (f"{name}: {how}: {lo:.0f} to {hi:.0f}{unit} from black to white; {inside:.1f} % of the voxels in "
+            "between (darker ones black, brighter ones white).")
 
 
 def main_layout() -> Layout:
@@ -200,6 +213,7 @@ class ProstateAIViewApp(TrameApp):
         self.preview = None  # AI result under review
         self.current = None  # the segmentation Correct and Save work on (accepted or loaded)
         self.t2_dicom = None  # the T2's DICOM folder when it has one (DICOM SEG export)
+        self.is_ct = False  # the open image is a CT in HU: CT organ window presets
         self.before_accept = None  # what `current` was before the last Accept (Undo puts it back)
         self.running = None  # (job, tempdir) of the segmentation job
         self.watched = None  # (segmentation, observer tag): edits to `current` mark it unsaved
@@ -217,6 +231,7 @@ class ProstateAIViewApp(TrameApp):
         s = self.state
         s.trame__title = "ProstateAI"
         s.update(dict(case_name="", case_lines=[], open_path="", error="", message="", window_preset="Auto",
+                      window_presets=list(WINDOW_PRESETS), window_text="",
                       window=1.0, level=0.5, window_max=1.0, level_min=0.0, level_max=1.0, job_running=False,
                       progress=0, progress_message="", has_preview=False, threshold=0.5, opacity=0.4,
                       quality_text="", quality_colour="#dddddd", volumes_text="", run_text="", has_result=False, can_undo=False,
@@ -275,6 +290,10 @@ class ProstateAIViewApp(TrameApp):
         lo, hi = (float(v) for v in percentiles(slicer.util.arrayFromVolume(t2), [0, 100]))
         s = self.state
         s.case_name, s.case_lines = case.name, case.lines
+        self.is_ct = case.is_ct
+        s.window_presets = list(CT_WINDOW_PRESETS if self.is_ct else WINDOW_PRESETS)
+        if s.window_preset not in s.window_presets:
+            s.window_preset = "Auto"
         self.t2_dicom = case.t2_dicom
         s.window_max, s.level_min, s.level_max = max(hi - lo, 1.0), lo, hi
         s.save_path = str(self.save_dir / f"{case.name}-segmentation.seg.nrrd")
@@ -314,16 +333,28 @@ class ProstateAIViewApp(TrameApp):
             self.discard_confirmed = False
 
     def _apply_window_preset(self, name):
+        """Set the preset's window on the main image and say in one line what it shows (teaching)."""
         display = self.volumes["T2"].GetDisplayNode() if "T2" in self.volumes else None
         if display is None:
             return
-        if WINDOW_PRESETS.get(name) is None:
+        array = slicer.util.arrayFromVolume(self.volumes["T2"])
+        presets = CT_WINDOW_PRESETS if self.is_ct else WINDOW_PRESETS
+        if presets.get(name) is None:
             display.AutoWindowLevelOn()
+            how = "Slicer's automatic window"
+        elif self.is_ct:
+            level, width = ct_window.PRESETS[presets[name]]
+            lo, hi = ct_window.window_from_preset(presets[name])
+            how = f"level {level:g} HU, width {width:g} HU"
         else:
-            lo, hi = percentiles(slicer.util.arrayFromVolume(self.volumes["T2"]), WINDOW_PRESETS[name])
+            lo, hi = percentiles(array, presets[name])
+            how = "percentiles {:g}-{:g} % of the image".format(*presets[name])
+        if presets.get(name) is not None:
             display.AutoWindowLevelOff()
             display.SetWindowLevelMinMax(float(lo), float(hi))
         self.state.window, self.state.level = float(display.GetWindow()), float(display.GetLevel())
+        self.state.window_text = window_line(name, how, display.GetWindowLevelMin(), display.GetWindowLevelMax(), array,
+                                             "HU" if self.is_ct else "")
 
     def on_window_preset(self, window_preset, **_):
         self._step("Window preset", lambda: self._apply_window_preset(window_preset))
@@ -361,6 +392,7 @@ class ProstateAIViewApp(TrameApp):
                 return
             self.running = None
             self.state.job_running = False
+            self.state.message = ""  # not "Segmenting in the background..." above a failure
             self._step("Segmentation", lambda: self._finish(job, tempdir))
 
     def _finish(self, job, tempdir):
@@ -625,8 +657,9 @@ class ProstateAIViewApp(TrameApp):
                     v3.VBtn("Open", click=self.on_open, size="small", classes="ml-2")
                 html.Div("{{ line }}", v_for="line in case_lines", classes="text-caption",
                          style="white-space: nowrap; overflow: hidden; text-overflow: ellipsis;")
-                v3.VSelect(v_model=("window_preset",), items=("window_presets", list(WINDOW_PRESETS)),
+                v3.VSelect(v_model=("window_preset",), items=("window_presets",),
                            label="Window preset", density="compact", hide_details=True, classes="mt-2")
+                html.Div("{{ window_text }}", classes="text-caption prostateai-window-text")
                 v3.VSlider(v_model=("window",), min=1, max=("window_max",), label="W", density="compact",
                            hide_details=True, step=1)
                 v3.VSlider(v_model=("level",), min=("level_min",), max=("level_max",), label="L",

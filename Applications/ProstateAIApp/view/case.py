@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import same_grid
 from ProstateAICore.imageio import read_image
+from CTPreprocessLib import hu
 from ProstateAILib import pipeline, segfile, study
 
 ROLES = ("T2", "ADC", "HBV")
@@ -31,6 +32,11 @@ class Case:
     images: dict  # role -> SimpleITK image (T2 always; ADC, HBV when given or found)
     lines: list = field(default_factory=list)  # what was read (and, for a study, which series and why)
     t2_dicom: str | None = None  # the T2's DICOM series folder (a DICOM SEG references its files)
+
+    @property
+    def is_ct(self) -> bool:
+        """A CT in HU opened as the main image (the app then offers the CT organ window presets)."""
+        return hu.looks_like_hu(sitk.GetArrayViewFromImage(self.images["T2"]))
 
 
 def sample_case(repo: Path) -> Path:
