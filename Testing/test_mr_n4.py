@@ -117,6 +117,19 @@ def test_bad_inputs(case38):
         n4.n4_correct(image, quality="best")
     with pytest.raises(InputError, match="shrink"):
         n4.n4_correct(image, shrink_factor=0)
+    # An image already z-scored (half its voxels negative): N4 fits in log space and is refused.
+    zscored = sitk.Cast(image, sitk.sitkFloat32)
+    zscored = (zscored - float(np.mean(sitk.GetArrayViewFromImage(zscored)))) / 100.0
+    with pytest.raises(InputError, match=r"negative voxels .*already normalised"):
+        n4.n4_correct(zscored)
+
+
+def test_a_ct_is_refused_in_one_line(ct_data, tmp_path, capsys):
+    """`prostateai n4` on a real CT in HU (the wrong modality): one line, exit 2, nothing written."""
+    from cli_helpers import refused
+
+    refused(["n4", ct_data / "ts_abdomen_nifti" / "example_ct_sm.nii.gz", tmp_path / "o.nii.gz"], capsys, "A CT in HU")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -235,3 +235,13 @@ def mean_std(values) -> tuple[float, float]:
         float(np.sum(np.square(values[i:i + step].astype(np.float64) - mean))) for i in range(0, values.size, step)
     )
     return mean, (squares / values.size) ** 0.5
+
+
+# MR magnitude images have no negative voxels; a CT in HU (air, fat) or an already normalised image has many.
+MR_NEGATIVE_FRACTION_MAX = 0.01
+
+
+def negative_fraction(array) -> float:
+    """Share of voxels below 0."""
+    array = np.asarray(array)
+    return float(np.count_nonzero(array < 0)) / max(array.size, 1)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
-from ProstateAICore import imageio
+from ProstateAICore import imageio, intensity
 from ProstateAICore.errors import InputError
 from ProstateAICore.progress import ProgressFn, scaled
 
@@ -95,7 +95,7 @@ def n4_correct(
     Otsu foreground (the bright body); a given mask must be on the image grid (any non-zero label).
     """
     settings = settings_for(quality, **overrides)
-    imageio.validate_volume(image)
+    require_magnitude(imageio.validate_volume(image))
     start = time.perf_counter()
     source = sitk.Cast(image, sitk.sitkFloat32)
     fit_mask = foreground_mask(source, mask)
@@ -120,6 +120,16 @@ def n4_correct(
         settings=settings,
         shrink_factors=tuple(shrink_factors(source, settings.shrink_factor)),
     )
+
+
+def require_magnitude(array: np.ndarray) -> None:
+    """N4 models a smooth multiplicative field on a positive MR magnitude image (it fits in log space):
+    refuse a CT in HU or an image already normalised (many negative voxels)."""
+    negative = intensity.negative_fraction(array)
+    if negative > intensity.MR_NEGATIVE_FRACTION_MAX:
+        raise InputError(f"N4 corrects positive MR magnitude images; this one has {100 * negative:.1f} % negative "
+                         f"voxels (minimum {float(np.min(array)):g}). A CT in HU, or an image already normalised? "
+                         "Run N4 on the scanner's MR image, before any normalisation.")
 
 
 def preview_iterations(shrunk_voxels: int) -> int:

@@ -20,11 +20,12 @@ import re
 
 import numpy as np
 
+from ProstateAICore import intensity
 from ProstateAICore.errors import InputError
 
 # name -> (bound, explanation); every bound is reported in the verdict so a reader can judge it.
 BOUNDS = {
-    "negative_fraction_max": 0.01,  # share of T2 voxels < 0; MR magnitude images have none, CT in HU many
+    "negative_fraction_max": intensity.MR_NEGATIVE_FRACTION_MAX,  # share of T2 voxels < 0 (CT in HU: many)
     "volume_ml_min": 8.0,  # smallest plausible adult gland in the field of view (partial coverage)
     "volume_ml_max": 250.0,  # largest plausible gland (massive BPH reaches ~200 mL)
     "largest_component_min": 0.85,  # share of thresholded voxels in the kept component
@@ -40,7 +41,7 @@ OTHER_SEQUENCE = re.compile(r"\b(adc|apparent|dwi|diff|trace|b[-_ ]?\d{3,4}|calc
 def require_mr_magnitude(t2: np.ndarray) -> None:
     """Refuse an image that cannot be an MR magnitude image (e.g. a CT in HU: most voxels below 0)."""
     array = np.asarray(t2)
-    negative = float(np.count_nonzero(array < 0)) / max(array.size, 1)
+    negative = intensity.negative_fraction(array)
     if negative > BOUNDS["negative_fraction_max"]:
         raise InputError(f"The T2 has {100 * negative:.1f} % negative voxels (minimum {float(array.min()):g}): an MR "
                          "magnitude image has none. Is it a CT in Hounsfield units? Give the axial T2-weighted MRI.")
@@ -49,7 +50,7 @@ def require_mr_magnitude(t2: np.ndarray) -> None:
 def input_metrics(t2: np.ndarray, series_description: str | None = None) -> dict:
     array = np.asarray(t2)
     return {
-        "negative_fraction": round(float(np.count_nonzero(array < 0)) / max(array.size, 1), 5),
+        "negative_fraction": round(intensity.negative_fraction(array), 5),
         "min_value": float(array.min()),
         "series_description": series_description,
     }
