@@ -738,7 +738,8 @@ def test_ct_organ_window_presets_on_a_ct(page):
     page.wait_for_function("() => document.querySelector('.prostateai-window-text').innerText.includes('level 50')")
     line = page.locator(".prostateai-window-text").inner_text()
     assert "level 50 HU, width 400 HU: -150 to 250 HU from black to white" in line, line
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources" / "SampleData" / "sample_ct_abdomen_pelvis.nii.gz")))
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "Resources" / "SampleData" /
+                                                   "sample_ct_abdomen_pelvis.nii.gz")))
     inside = 100.0 * np.count_nonzero((ct >= -150) & (ct <= 250)) / ct.size
     assert f"{inside:.1f} % of the voxels" in line, (line, inside)
     small_png(page.screenshot(), SCREENSHOTS / "view-ct-window.png")
@@ -788,7 +789,8 @@ def test_a_t2_folder_and_a_label_map_open_as_segments(browser, prostatex_case, t
         kept = tmp_path / "zones.unsaved.seg.nrrd"
         assert f"unsaved changes to 'zones' kept in {kept.name}" in srv.output(), srv.output()[-2000:]
         unsaved = read_segments(kept)
-        assert (saved["Prostate"] & ~unsaved["Prostate"]).sum() > 50 and not (unsaved["Prostate"] & ~saved["Prostate"]).any()
+        assert (saved["Prostate"] & ~unsaved["Prostate"]).sum() > 50, "the erase stroke is not in the kept file"
+        assert not (unsaved["Prostate"] & ~saved["Prostate"]).any()
     finally:
         srv.stop()
 

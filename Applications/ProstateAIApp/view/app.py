@@ -234,8 +234,9 @@ class ProstateAIViewApp(TrameApp):
                       window_presets=list(WINDOW_PRESETS), window_text="",
                       window=1.0, level=0.5, window_max=1.0, level_min=0.0, level_max=1.0, job_running=False,
                       progress=0, progress_message="", has_preview=False, threshold=0.5, opacity=0.4,
-                      quality_text="", quality_colour="#dddddd", volumes_text="", run_text="", has_result=False, can_undo=False,
-                      result_name="", unsaved=False, save_path="", psa="", psa_text="", reviewer="", lesion_rows=[], operating_point="balanced",
+                      quality_text="", quality_colour="#dddddd", volumes_text="", run_text="", has_result=False,
+                      can_undo=False, result_name="", unsaved=False, save_path="", psa="", psa_text="", reviewer="",
+                      lesion_rows=[], operating_point="balanced",
                       operating_points=list(self.logic.OPERATING_POINTS), lesion_note=""))
         s.change("window_preset")(self.on_window_preset)
         s.change("window", "level")(self.on_window_level)
@@ -577,7 +578,8 @@ class ProstateAIViewApp(TrameApp):
     def on_save_record(self):
         def save():
             path = self._record_path()
-            record = self.logic.reviewRecord(self.current, self.volumes["T2"], (self.state.reviewer or "").strip() or None)
+            reviewer = (self.state.reviewer or "").strip() or None
+            record = self.logic.reviewRecord(self.current, self.volumes["T2"], reviewer)
             self.logic.saveReviewRecord(record, path)
             return f"Wrote {path} (edited: {'yes' if record['edited'] else 'no'})"
         self._step("QA record", save)
