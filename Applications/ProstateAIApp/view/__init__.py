@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         description="Serve the ProstateAI browser app (trame-slicer) for a T2 or a study folder (default: the "
                     "bundled sample case) and print its URL; Ctrl-C stops it. Segmentation runs out of process "
                     "through the Slicer module's Logic; the result is reviewed (threshold, Accept / Reject / "
-                    "Undo, quality), corrected with the segment editor and saved as .seg.nrrd.")
+                    "Undo, quality), corrected with the segment editor and saved as .seg.nrrd, NIfTI or DICOM SEG; "
+                    "changes not saved when it stops are kept in <Save as name>.unsaved.seg.nrrd.")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="T2 (DICOM folder or image file) [ADC [HBV]], or one study folder")
     p.add_argument("--segmentation", metavar="SEG", help=".seg.nrrd or label map to show as segments")
