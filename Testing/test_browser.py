@@ -325,6 +325,20 @@ def save_as(page, name: str) -> None:
     wait_message(page, f"Wrote {name}")
 
 
+def stroke(page, *points, steps=10):
+    """A left-button drag on the axial view through (x, y) fractions of the view, `steps` moves per leg."""
+    box = page.locator(".prostateai-view-axial").locator("xpath=..").locator("img").bounding_box()
+    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*at[0])
+    time.sleep(0.5)
+    page.mouse.down()
+    for (x0, y0), (x1, y1) in zip(at, at[1:]):
+        for k in range(1, steps + 1):
+            page.mouse.move(x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps)
+            time.sleep(0.05)
+    page.mouse.up()
+
+
 def segment(page, server, timings=None):
     """Click Segment; the job runs out of process with a progress bar; wait for the preview."""
     start = time.monotonic()
@@ -524,19 +538,6 @@ def test_editor_undo_and_redo_change_the_saved_file(page, server):
             assert np.array_equal(saved[segment], expected[segment]), f"{segment} after {icon}"
 
 
-def stroke(page, start, end, steps=10):
-    """A left-button drag across the axial view between two (x, y) fractions of the view."""
-    box = page.locator(".prostateai-view-axial").locator("xpath=..").locator("img").bounding_box()
-    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in (start, end)]
-    page.mouse.move(*at[0])
-    time.sleep(0.5)
-    page.mouse.down()
-    for k in range(1, steps + 1):
-        page.mouse.move(at[0][0] + (at[1][0] - at[0][0]) * k / steps, at[0][1] + (at[1][1] - at[0][1]) * k / steps)
-        time.sleep(0.05)
-    page.mouse.up()
-
-
 def test_islands_keep_largest_removes_the_stray_stroke(page, server):
     """The paint stroke (redone) lies in the anterior fat, apart from the gland: Islands > Keep largest
     takes it out again, and the saved Prostate is the accepted one."""
@@ -602,6 +603,25 @@ def test_psa_density_and_qa_record_follow_the_edits(page, server):
     assert prostate["voxels_changed"] == int((accepted["Prostate"] ^ erased["Prostate"]).sum()) > 50
     assert prostate["final_volume_ml"] < prostate["ai_volume_ml"]
     assert not record["segments"]["PZ"]["edited"] and not record["segments"]["TZ"]["edited"]
+
+
+def test_scissors_cut_through_every_slice(page, server):
+    """Scissors (erase inside, unlimited range): a loop drawn on one axial slice removes the Prostate
+    voxels inside it on every slice, in the saved file; nothing else changes."""
+    before = read_segments(server.workdir / "erased.seg.nrrd")
+    page.locator("button:has(i.mdi-content-cut)").first.click()  # trame-slicer's Scissors effect
+    stroke(page, (0.42, 0.40), (0.50, 0.40), (0.50, 0.62), (0.42, 0.62), (0.42, 0.40))
+    page.wait_for_selector(".prostateai-unsaved", timeout=30_000)
+    page.locator("button:has(i.mdi-cursor-default)").first.click()  # no tool
+    save_as(page, "scissored.seg.nrrd")
+    after = read_segments(server.workdir / "scissored.seg.nrrd")
+    cut = before["Prostate"] & ~after["Prostate"]
+    assert cut.sum() > 500 and not (after["Prostate"] & ~before["Prostate"]).any()
+    slices = set(np.nonzero(cut)[0])
+    gland_slices = set(np.nonzero(before["Prostate"])[0])
+    assert len(slices) >= len(gland_slices) - 2, (sorted(slices), sorted(gland_slices))  # through the gland
+    for name in set(after) - {"Prostate"}:
+        assert np.array_equal(before[name], after[name]), f"{name} changed although Prostate was cut"
 
 
 def test_undo_accept_removes_the_accepted_segmentation(page):
