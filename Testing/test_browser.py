@@ -750,7 +750,7 @@ def test_ct_organ_window_presets_on_a_ct(page):
     import SimpleITK as sitk
 
     page.locator(".v-select").first.click()
-    assert page.get_by_text("Lungs (chest)", exact=True).count()
+    page.get_by_text("Lungs (chest)", exact=True).wait_for(timeout=10_000)  # the menu opens with the CT presets
     assert not page.get_by_text("High contrast (5-95 %)", exact=True).count()  # the MR presets are gone
     before = frame(page)
     page.get_by_text("Soft tissue (abdomen)", exact=True).click()
