@@ -51,6 +51,7 @@ WINDOW_PRESETS = {"Auto": None, "Soft tissue (1-99.5 %)": (1.0, 99.5), "High con
                   "Full range": (0.0, 100.0)}
 # On a CT: the organ presets of CTPreprocessLib.window (level / width in HU), the same the CT module uses.
 CT_WINDOW_PRESETS = {"Auto": None, **{label: key for key, label in ct_window.PRESET_LABELS.items()}}
+SAVE_FORMATS = {".seg.nrrd": "seg.nrrd", ".nii.gz": "nifti", ".dcm": "dicom-seg"}  # Save as suffix -> export format
 VIEW_NAMES = {"Red": "axial", "Yellow": "sagittal", "Green": "coronal", "ThreeD": "3d"}
 
 
@@ -330,8 +331,7 @@ class ProstateAIViewApp(TrameApp):
                                 "Open again to discard them.")
             return
         path = (self.state.open_path or "").strip()
-        if self.open_case([path] if path else [str(cases.sample_case(self.repo))]):
-            self.discard_confirmed = False
+        self.open_case([path] if path else [str(cases.sample_case(self.repo))])  # resets discard_confirmed
 
     def _apply_window_preset(self, name):
         """Set the preset's window on the main image and say in one line what it shows (teaching)."""
@@ -593,7 +593,7 @@ class ProstateAIViewApp(TrameApp):
     def _beside_save_path(self, suffix: str) -> str:
         """The "Save as" name with its format suffix replaced by `suffix` (the case's default name when empty)."""
         path = (self.state.save_path or "").strip() or str(self.save_dir / f"{self.state.case_name}-segmentation")
-        for known in (".seg.nrrd", ".nii.gz", ".dcm"):
+        for known in SAVE_FORMATS:
             if path.lower().endswith(known):
                 return path[: -len(known)] + suffix
         return path + suffix
@@ -616,8 +616,7 @@ class ProstateAIViewApp(TrameApp):
             path = (self.state.save_path or "").strip()
             if not path:
                 raise InputError("Give a file name for the segmentation (.seg.nrrd, .nii.gz or .dcm).")
-            formats = {".seg.nrrd": "seg.nrrd", ".nii.gz": "nifti", ".dcm": "dicom-seg"}
-            fmt = next((f for suffix, f in formats.items() if path.lower().endswith(suffix)), None)
+            fmt = next((f for suffix, f in SAVE_FORMATS.items() if path.lower().endswith(suffix)), None)
             if fmt is None:
                 raise InputError(f"'{path}': save as .seg.nrrd (Slicer), .nii.gz (label maps + JSON table) or .dcm "
                                  "(DICOM SEG).")
