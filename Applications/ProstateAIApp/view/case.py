@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from CTPreprocessLib import hu
 from ProstateAICore.errors import InputError
 from ProstateAICore.geometry import same_grid
 from ProstateAICore.imageio import read_image
-from CTPreprocessLib import hu
 from ProstateAILib import pipeline, segfile, study
 
 ROLES = ("T2", "ADC", "HBV")
