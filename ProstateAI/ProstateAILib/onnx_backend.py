@@ -87,19 +87,24 @@ def _cache_path(key: str) -> Path:
 
 
 def _cached_export(build, in_channels: int, key: str, fresh: bool = False) -> bytes:
-    from ProstateAICore.imageio import atomic_path
-
     path = _cache_path(key)
     if path.is_file() and not fresh:
         return path.read_bytes()
     data = export_bytes(build(), in_channels)
+    _write_cache(path, data, "ONNX export")  # a read-only home: kept for this process only
+    return data
+
+
+def _write_cache(path: Path, data: bytes, what: str) -> None:
+    """Write a cache file atomically; a cache that cannot be written is only logged (it is an optimisation)."""
+    from ProstateAICore.imageio import atomic_path
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(data)
-    except OSError as exc:  # a read-only home: keep the export for this process only
-        log.info("ONNX export not cached (%s)", exc)
-    return data
+    except OSError as exc:
+        log.info("%s not cached (%s)", what, exc)
 
 
 def _metadata_path(key: str) -> Path:
@@ -120,14 +125,12 @@ def cached_metadata(key: str) -> dict | None:
 def store_metadata(key: str, metadata: dict) -> None:
     import json
 
-    from ProstateAICore.imageio import atomic_path
-
     try:
-        _metadata_path(key).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(_metadata_path(key)) as tmp:
-            Path(tmp).write_text(json.dumps(metadata))
-    except (OSError, TypeError, ValueError) as exc:  # read-only cache: the file is read each time instead
+        data = json.dumps(metadata).encode()
+    except (TypeError, ValueError) as exc:  # not JSON: the model file is read each time instead
         log.info("model metadata not cached (%s)", exc)
+        return
+    _write_cache(_metadata_path(key), data, "model metadata")
 
 
 def session(data: bytes, threads: int):
